@@ -1,0 +1,259 @@
+"""Data sets: HC18 and simple-mask layouts, prefix-grouped splits, letterboxing."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from fetalhead.ellipse import (
+    Ellipse,
+    find_head_contour,
+    fit_ellipse,
+    render_ellipse_coverage,
+)
+from fetalhead.io import InputError, read_gray, read_pixel_size_csv
+
+logger = logging.getLogger(__name__)
+
+Layout = Literal["hc18", "mask"]
+_PREFIX = re.compile(r"^(\d{3})_")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled image.
+
+    Attributes:
+        image: Path of the ultrasound image.
+        label: Path of the annotation outline (``hc18``) or filled mask (``mask``).
+        layout: Which layout the label follows.
+        pixel_size_mm: Pixel size, if a CSV lists it.
+        hc_mm: Reference head circumference, if a CSV lists it.
+    """
+
+    image: Path
+    label: Path
+    layout: Layout
+    pixel_size_mm: float | None = None
+    hc_mm: float | None = None
+
+    @property
+    def prefix(self) -> str:
+        """Scan identifier shared by sibling frames (the 3-digit prefix)."""
+        return scan_prefix(self.image.name)
+
+
+def scan_prefix(filename: str) -> str:
+    """The 3-digit scan prefix of an HC18-style name, else the stem."""
+    m = _PREFIX.match(Path(filename).name)
+    return m.group(1) if m else Path(filename).stem
+
+
+def detect_layout(root: Path) -> Layout:
+    """Detect the labelled layout of a folder.
+
+    Raises:
+        InputError: If the folder holds no labelled images.
+    """
+    if any(root.glob("*_Annotation.png")):
+        return "hc18"
+    if any(root.glob("*_Mask.png")):
+        return "mask"
+    raise InputError(
+        f"{root}: no labelled images found (expected NNN_HC.png with "
+        "NNN_HC_Annotation.png or NNN_HC_Mask.png)"
+    )
+
+
+def _find_csv(root: Path) -> Path | None:
+    for cand in [*root.glob("*.csv"), *root.parent.glob(f"{root.name}*pixel_size*.csv")]:
+        if "pixel" in cand.name.lower() or cand.parent == root:
+            return cand
+    return None
+
+
+def find_cases(root: str | Path, pixel_csv: str | Path | None = None) -> list[Case]:
+    """List the labelled cases in a folder, detecting its layout.
+
+    The pixel-size CSV is taken from ``pixel_csv`` or found beside the folder
+    (HC18's ``training_set_pixel_size_and_HC.csv``) or inside it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    layout = detect_layout(root)
+    suffix = "_Annotation.png" if layout == "hc18" else "_Mask.png"
+    csv_path = Path(pixel_csv) if pixel_csv else _find_csv(root)
+    table = read_pixel_size_csv(csv_path) if csv_path else None
+    cases = []
+    for label in sorted(root.glob(f"*{suffix}")):
+        image = label.with_name(label.name[: -len(suffix)] + ".png")
+        if not image.exists():
+            logger.warning("%s: label without image %s, skipped", label, image.name)
+            continue
+        px = table.pixel_size_mm.get(image.name) if table else None
+        hc = table.hc_mm.get(image.name) if table else None
+        cases.append(Case(image, label, layout, px, hc))
+    return cases
+
+
+def fill_outline(outline: NDArray) -> NDArray[np.uint8]:
+    """Fill a 1-px closed outline into a solid mask (outline included)."""
+    ring = np.asarray(outline) > 127 if np.asarray(outline).max() > 1 else np.asarray(outline) > 0
+    return ndimage.binary_fill_holes(ring).astype(np.uint8)
+
+
+def label_mask(case: Case) -> NDArray[np.uint8]:
+    """The filled 0/1 head mask of a case at its original resolution."""
+    lab = read_gray(case.label)
+    return fill_outline(lab) if case.layout == "hc18" else (lab > 127).astype(np.uint8)
+
+
+def label_ellipse(case: Case) -> Ellipse:
+    """The reference ellipse of a case in original pixel coordinates.
+
+    For HC18, the ellipse is fitted to the annotation outline's pixel centres,
+    which reproduces the challenge's reference HC; for filled masks it is fitted
+    to the sub-pixel boundary of the mask.
+    """
+    lab = read_gray(case.label)
+    if case.layout == "hc18":
+        ys, xs = np.nonzero(lab > 127)
+        pts = np.stack([xs, ys], axis=1).astype(np.float64)
+    else:
+        found = find_head_contour((lab > 127).astype(np.float32))
+        if found is None:
+            raise InputError(f"{case.label}: mask is empty")
+        pts = found[0]
+    if len(pts) < 5:
+        raise InputError(f"{case.label}: label has too few pixels to define an ellipse")
+    return fit_ellipse(pts, robust=False).ellipse
+
+
+def split_by_prefix(
+    cases: list[Case], val_fraction: float = 0.15, seed: int = 42
+) -> tuple[list[Case], list[Case]]:
+    """Split cases so that all frames of one scan fall on the same side.
+
+    Args:
+        cases: Cases to split.
+        val_fraction: Fraction of scan prefixes in validation.
+        seed: Seed of the shuffle; the split depends only on it and the prefixes.
+
+    Returns:
+        ``(train, val)``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    prefixes = sorted({c.prefix for c in cases})
+    random.Random(seed).shuffle(prefixes)
+    n_val = round(len(prefixes) * val_fraction)
+    if val_fraction > 0 and len(prefixes) > 1:
+        n_val = min(max(n_val, 1), len(prefixes) - 1)
+    val_set = set(prefixes[:n_val])
+    train = [c for c in cases if c.prefix not in val_set]
+    val = [c for c in cases if c.prefix in val_set]
+    return train, val
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Aspect-preserving resize of an image into a fixed network input.
+
+    The image is resized by ``(sx, sy)`` (equal up to rounding) and placed at
+    ``(pad_x, pad_y)`` inside an ``out_h x out_w`` canvas of zeros.
+    """
+
+    in_h: int
+    in_w: int
+    out_h: int
+    out_w: int
+    keep_aspect: bool = True
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        """``(h, w)`` of the resized image inside the canvas."""
+        if not self.keep_aspect:
+            return self.out_h, self.out_w
+        s = min(self.out_h / self.in_h, self.out_w / self.in_w)
+        return max(1, round(self.in_h * s)), max(1, round(self.in_w * s))
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """``(sx, sy)`` from original to network pixels."""
+        h, w = self.resized
+        return w / self.in_w, h / self.in_h
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """``(pad_x, pad_y)`` offset of the resized image in the canvas."""
+        h, w = self.resized
+        return (self.out_w - w) // 2, (self.out_h - h) // 2
+
+    def apply(self, image: NDArray, interpolation: int = cv2.INTER_AREA) -> NDArray:
+        """Resize and pad a 2-D array into the network canvas."""
+        h, w = self.resized
+        small = cv2.resize(image, (w, h), interpolation=interpolation)
+        out = np.zeros((self.out_h, self.out_w), dtype=small.dtype)
+        px, py = self.pad
+        out[py : py + h, px : px + w] = small
+        return out
+
+    def crop(self, net_map: NDArray) -> NDArray:
+        """Cut the resized-image region out of a network-sized map."""
+        h, w = self.resized
+        px, py = self.pad
+        return net_map[..., py : py + h, px : px + w]
+
+    def to_original(self, xy: NDArray[np.floating]) -> NDArray[np.float64]:
+        """Map ``(x, y)`` network pixel coordinates to original pixels."""
+        sx, sy = self.scale
+        px, py = self.pad
+        out = np.asarray(xy, dtype=np.float64).copy()
+        out[:, 0] = (out[:, 0] - px + 0.5) / sx - 0.5
+        out[:, 1] = (out[:, 1] - py + 0.5) / sy - 0.5
+        return out
+
+    def ellipse_to_net(self, e: Ellipse) -> Ellipse:
+        """Map an ellipse from original to network pixel coordinates."""
+        sx, sy = self.scale
+        px, py = self.pad
+        s = e.scaled(sx, sy)
+        return Ellipse(s.cx + 0.5 * sx - 0.5 + px, s.cy + 0.5 * sy - 0.5 + py, s.a, s.b, s.angle)
+
+
+class CachedCases:
+    """Letterboxed images and soft ellipse targets of cases, held in memory.
+
+    Loading all HC18 images once at network size makes each epoch cheap on a
+    CPU (about 60 KB per case at 288x192).
+    """
+
+    def __init__(
+        self, cases: list[Case], size_hw: tuple[int, int], keep_aspect: bool = True
+    ) -> None:
+        self.cases = cases
+        self.images: list[NDArray[np.uint8]] = []
+        self.targets: list[NDArray[np.float32]] = []
+        for case in cases:
+            img = read_gray(case.image)
+            lb = Letterbox(img.shape[0], img.shape[1], size_hw[0], size_hw[1], keep_aspect)
+            self.images.append(lb.apply(img))
+            e = lb.ellipse_to_net(label_ellipse(case))
+            target = render_ellipse_coverage(e, size_hw)
+            # Nothing outside the letterboxed image can be head.
+            valid = lb.apply(np.ones(img.shape, np.uint8), cv2.INTER_NEAREST).astype(np.float32)
+            self.targets.append(target * valid)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+

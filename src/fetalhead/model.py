@@ -1,0 +1,216 @@
+"""Residual U-Net and self-describing checkpoints.
+
+The architecture follows the reference Keras design: four encoder levels and
+a bridge, each a 3x3 convolution followed by two residual blocks
+(BN-ReLU-conv-BN-ReLU-conv + identity, the second block ending with BN-ReLU);
+max-pool then dropout on the way down (half the ratio after level 1); stride-2
+3x3 transposed convolutions, skip concatenation, dropout at the two deepest
+decoder levels, a 3x3 convolution and two residual blocks on the way up; and a
+1x1 output convolution. The network returns logits; apply a sigmoid for the
+probability of "head".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fetalhead.io import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "fetalhead-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and input description of a Res-U-Net.
+
+    Attributes:
+        start_filters: Filters at the first level; doubled at each level.
+        depth: Number of encoder levels (the bridge comes after them).
+        dropout: Dropout ratio (half of it after the first level).
+        input_hw: Network input ``(height, width)``; both divisible by ``2**depth``.
+        keep_aspect: Letterbox inputs (True) or squash them (False, as the reference).
+        normalisation: How pixels are scaled; only ``"divide_255"`` ([0, 1]).
+    """
+
+    start_filters: int = 16
+    depth: int = 4
+    dropout: float = 0.5
+    input_hw: tuple[int, int] = (224, 224)
+    keep_aspect: bool = True
+    normalisation: str = "divide_255"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_hw", tuple(int(v) for v in self.input_hw))
+        m = 2**self.depth
+        if any(v % m for v in self.input_hw):
+            raise ValueError(f"input_hw {self.input_hw} must be divisible by {m} (2**depth)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.start_filters < 1:
+            raise ValueError(f"start_filters must be positive, got {self.start_filters}")
+        if self.normalisation != "divide_255":
+            raise ValueError(f"unknown normalisation {self.normalisation!r}; use 'divide_255'")
+
+
+class ResidualBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus identity, optionally ending in BN-ReLU."""
+
+    def __init__(self, channels: int, end_activation: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+        self.post: nn.Module = (
+            nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+            if end_activation
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(x + self.body(x))
+
+
+class Level(nn.Sequential):
+    """A 3x3 convolution followed by two residual blocks."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, 3, padding=1),
+            ResidualBlock(out_ch),
+            ResidualBlock(out_ch, end_activation=True),
+        )
+
+
+class ResUNet(nn.Module):
+    """Residual U-Net for binary segmentation of the foetal head."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        f, d, p = self.config.start_filters, self.config.depth, self.config.dropout
+        widths = [f * 2**i for i in range(d + 1)]
+        self.down = nn.ModuleList()
+        self.drop_down = nn.ModuleList()
+        in_ch = 1
+        for i in range(d):
+            self.down.append(Level(in_ch, widths[i]))
+            self.drop_down.append(nn.Dropout(p / 2 if i == 0 else p))
+            in_ch = widths[i]
+        self.pool = nn.MaxPool2d(2)
+        self.bridge = Level(widths[d - 1], widths[d])
+        self.up = nn.ModuleList()
+        self.drop_up = nn.ModuleList()
+        self.up_levels = nn.ModuleList()
+        for i in reversed(range(d)):
+            self.up.append(
+                nn.ConvTranspose2d(widths[i + 1], widths[i], 3, stride=2, padding=1, output_padding=1)
+            )
+            # Dropout only at the two deepest decoder levels.
+            self.drop_up.append(nn.Dropout(p) if i >= d - 2 else nn.Identity())
+            self.up_levels.append(Level(2 * widths[i], widths[i]))
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(N, 1, H, W)`` images in [0, 1] to ``(N, 1, H, W)`` logits."""
+        skips = []
+        for level, drop in zip(self.down, self.drop_down, strict=True):
+            x = level(x)
+            skips.append(x)
+            x = drop(self.pool(x))
+        x = self.bridge(x)
+        for up, drop, level, skip in zip(
+            self.up, self.drop_up, self.up_levels, reversed(skips), strict=True
+        ):
+            x = level(drop(torch.cat([up(x), skip], dim=1)))
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass
+class Checkpoint:
+    """A model with everything needed to use and trust it.
+
+    Attributes:
+        config: Architecture and input description.
+        state_dict: Weights.
+        meta: Training-data note, recipe, metrics and anything else worth keeping.
+    """
+
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> ResUNet:
+        """Instantiate the model in eval mode with these weights."""
+        model = ResUNet(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg = asdict(self.config)
+        cfg["input_hw"] = list(cfg["input_hw"])
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": cfg,
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Save atomically with :func:`torch.save`."""
+        buf = io.BytesIO()
+        torch.save(self.to_dict(), buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def from_model(cls, model: nn.Module, meta: dict[str, Any] | None = None) -> Checkpoint:
+        """Snapshot a (possibly DDP-wrapped) model."""
+        inner = model.module if hasattr(model, "module") else model
+        return cls(inner.config, dict(inner.state_dict()), dict(meta or {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        """Load safely (``weights_only=True``: no code is unpickled).
+
+        Raises:
+            ValueError: If the file is not a fetalhead checkpoint.
+        """
+        try:
+            obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises many types for corrupt files
+            raise ValueError(f"{path}: not a readable fetalhead checkpoint ({exc})") from None
+        if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a fetalhead checkpoint (missing format tag)")
+        cfg = dict(obj["config"])
+        cfg["input_hw"] = tuple(cfg["input_hw"])
+        return cls(ModelConfig(**cfg), obj["state_dict"], dict(obj.get("meta", {})))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
