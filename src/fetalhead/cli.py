@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fetalhead import __version__
+from fetalhead.io import InputError
 
 logger = logging.getLogger("fetalhead")
 
@@ -67,6 +68,128 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="measure HC, BPD, OFD and GA on images",
+        description="Measure the foetal head on PNG, JPEG or DICOM images and write "
+        "DIR/predictions.csv (HC18 ellipse parameters in mm, HC, BPD, OFD, GA, qc) and "
+        "DIR/run.json.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    px = p.add_mutually_exclusive_group()
+    px.add_argument("--pixel-size", type=float, metavar="MM", help="pixel size (mm) for all images")
+    px.add_argument(
+        "--pixel-size-csv", metavar="CSV", help="CSV with columns filename,pixel size(mm)"
+    )
+    p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped HC18 weights)")
+    p.add_argument("--save-masks", action="store_true", help="write DIR/masks/*_mask.png")
+    p.add_argument("--overlays", action="store_true", help="write DIR/overlays/*.png")
+    p.add_argument("--tta", action="store_true", help="average with a left-right flipped pass")
+    p.add_argument("--submission", metavar="CSV", help="also write an HC18 submission CSV")
+    p.add_argument("--resume", action="store_true", help="skip files already in predictions.csv")
+    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty DIR")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="inference backend (auto: ONNX Runtime if installed, else PyTorch)")
+    p.add_argument("--postprocess", choices=["lowres", "full"], default="lowres",
+                   help="ellipse from the network-resolution contour (lowres, default) "
+                   "or from the map upsampled to full resolution")
+    p.add_argument("--batch-size", type=int, default=8, help="images per network batch")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads")
+    p.add_argument("--threads", type=int, help="inference CPU threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--quiet", action="store_true", help="do not print the results table")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="HC18 metrics (DSC, HD, DF, ADF) on labelled data")
+    p.add_argument("data", help="labelled folder with its pixel-size CSV")
+    p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--split", choices=["val", "all"], default="val",
+                   help="val: the checkpoint's validation files; all: every labelled image")
+    p.add_argument("--tta", action="store_true", help="average with a left-right flipped pass")
+    p.add_argument("--postprocess", choices=["lowres", "full"], default="lowres")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _print_table(rows: list[dict]) -> None:
+    def f(v: object, spec: str = ".1f") -> str:
+        return format(v, spec) if isinstance(v, float) else "-"
+
+    header = f"{'file':<28} {'HC mm':>7} {'BPD mm':>7} {'OFD mm':>7} {'GA wk':>6}  qc"
+    print(header)
+    print("-" * len(header))
+    for r in rows[:200]:
+        name = r["filename"] if r.get("frame") is None else f"{r['filename']}[{r['frame']}]"
+        print(
+            f"{name[-28:]:<28} {f(r['hc_mm']):>7} {f(r['bpd_mm']):>7} {f(r['ofd_mm']):>7} "
+            f"{f(r['ga_weeks_hadlock']):>6}  {r['qc']}"
+        )
+    if len(rows) > 200:
+        print(f"... {len(rows) - 200} more rows in predictions.csv")
+
+
+def _measurer(args: argparse.Namespace):  # noqa: ANN202
+    from fetalhead.predict import HeadMeasurer
+
+    return HeadMeasurer.from_pretrained(
+        args.weights,
+        backend=args.backend,
+        tta=args.tta,
+        postprocess=args.postprocess,
+        threads=getattr(args, "threads", None),
+    )
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fetalhead.batch import BatchOptions, PixelSizes, collect_inputs, run_batch
+
+    if args.batch_size < 1 or args.workers < 1:
+        raise ValueError("--batch-size and --workers must be at least 1")
+    sizes = PixelSizes.from_options(args.pixel_size, args.pixel_size_csv)
+    inputs = collect_inputs(args.paths)
+    measurer = _measurer(args)
+    opts = BatchOptions(
+        out_dir=Path(args.out),
+        save_masks=args.save_masks,
+        overlays=args.overlays,
+        submission=Path(args.submission) if args.submission else None,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    summary = run_batch(measurer, inputs, sizes, opts, run_options=vars(args))
+    if not args.quiet:
+        _print_table(summary.rows)
+    print(
+        f"{summary.n_rows} rows: {summary.n_ok} ok, {summary.n_flagged} flagged by qc, "
+        f"{summary.n_unreadable} not measured, {summary.n_skipped} skipped (resume) "
+        f"-> {summary.predictions_csv}"
+    )
+    nothing = summary.n_rows > 0 and summary.n_unreadable == summary.n_rows
+    return 1 if nothing else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fetalhead.evaluate import evaluate
+
+    summary = evaluate(
+        _measurer(args),
+        args.data,
+        args.out,
+        split=args.split,
+        progress=not args.no_progress,
+        command=" ".join(["fetalhead", *sys.argv[1:]]),
+    )
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+    return 0 if summary["n_images"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fetalhead`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -76,11 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fetalhead {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_predict(sub)
+    _add_evaluate(sub)
     _add_train(sub)
     return parser
 
 
-COMMANDS = {"train": _cmd_train}
+COMMANDS = {"predict": _cmd_predict, "evaluate": _cmd_evaluate, "train": _cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,11 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(message)s",
     )
+    from fetalhead.predict import NoWeightsError
+
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (InputError, NoWeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,11 @@ def _check_size(shape: tuple[int, ...], name: str) -> None:
 def _decode_pil(data: bytes, name: str) -> NDArray[np.uint8]:
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            # Our own size check below gives the clearer message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             _check_size((im.height, im.width), name)
             im.load()
             if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):

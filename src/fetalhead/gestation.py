@@ -1,0 +1,63 @@
+"""Gestational age from head circumference.
+
+Two published formulas are provided. Each reports the range of gestational
+age over which it was derived; a value outside it is returned with
+``in_range=False`` so that nothing is extrapolated silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["GAEstimate", "hadlock_1984", "intergrowth_21st"]
+
+#: Hadlock et al. 1984 (Radiology 152:497-501) derived its formulas on foetuses
+#: of 14 to 42 weeks.
+HADLOCK_RANGE_WEEKS = (14.0, 42.0)
+#: INTERGROWTH-21st HC dating (Papageorghiou et al., Ultrasound Obstet Gynecol
+#: 2016;48:719-726) covers 14+0 to 40+6 weeks.
+INTERGROWTH_RANGE_WEEKS = (14.0, 40.0 + 6.0 / 7.0)
+
+
+@dataclass(frozen=True)
+class GAEstimate:
+    """A gestational-age estimate.
+
+    Attributes:
+        weeks: Estimated gestational age in weeks (``nan`` if HC is not positive).
+        in_range: True when ``weeks`` lies inside the formula's validity range.
+        formula: Name of the formula.
+        valid_range_weeks: The formula's validity range in weeks.
+    """
+
+    weeks: float
+    in_range: bool
+    formula: str
+    valid_range_weeks: tuple[float, float]
+
+    @property
+    def days(self) -> float:
+        """Gestational age in days."""
+        return self.weeks * 7.0
+
+
+def _estimate(weeks: float, formula: str, rng: tuple[float, float]) -> GAEstimate:
+    ok = math.isfinite(weeks) and rng[0] <= weeks <= rng[1]
+    return GAEstimate(weeks, ok, formula, rng)
+
+
+def hadlock_1984(hc_mm: float) -> GAEstimate:
+    """Hadlock 1984: GA (weeks) = 8.96 + 0.540 HC + 0.0003 HC^3, HC in cm."""
+    if not (math.isfinite(hc_mm) and hc_mm > 0):
+        return _estimate(float("nan"), "hadlock_1984", HADLOCK_RANGE_WEEKS)
+    hc = hc_mm / 10.0
+    return _estimate(8.96 + 0.540 * hc + 0.0003 * hc**3, "hadlock_1984", HADLOCK_RANGE_WEEKS)
+
+
+def intergrowth_21st(hc_mm: float) -> GAEstimate:
+    """INTERGROWTH-21st: GA (days) = exp(0.05970 (ln HC)^2 + 6.409e-9 HC^3 + 3.3258), HC in mm."""
+    if not (math.isfinite(hc_mm) and hc_mm > 0):
+        return _estimate(float("nan"), "intergrowth_21st", INTERGROWTH_RANGE_WEEKS)
+    days = math.exp(0.05970 * math.log(hc_mm) ** 2 + 0.000000006409 * hc_mm**3 + 3.3258)
+    return _estimate(days / 7.0, "intergrowth_21st", INTERGROWTH_RANGE_WEEKS)

@@ -1,0 +1,74 @@
+"""Overlays: the image with the mask contour, fitted ellipse, its axes and the HC."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from fetalhead.predict import Measurement
+
+_SHIFT = 4  # sub-pixel bits for OpenCV drawing
+_GREEN = (80, 220, 80)
+_YELLOW = (0, 220, 255)
+_CYAN = (255, 200, 0)
+_MAGENTA = (255, 80, 255)
+
+
+def _pt(x: float, y: float) -> tuple[int, int]:
+    return round(x * (1 << _SHIFT)), round(y * (1 << _SHIFT))
+
+
+def draw_overlay(image: NDArray[np.uint8], m: Measurement) -> NDArray[np.uint8]:
+    """Return a BGR overlay of a measurement on its grayscale image."""
+    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    scale = max(1, round(max(image.shape) / 800))
+    thick = max(1, scale)
+    if m.contour is not None and len(m.contour):
+        pts = np.round(m.contour * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(out, [pts], True, _GREEN, thick, cv2.LINE_AA, _SHIFT)
+    e = m.ellipse
+    if e is not None:
+        cv2.ellipse(
+            out,
+            _pt(e.cx, e.cy),
+            _pt(e.a, e.b),
+            math.degrees(e.angle),
+            0,
+            360,
+            _YELLOW,
+            thick,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
+        for semi, ang, color in ((e.a, e.angle, _CYAN), (e.b, e.angle + math.pi / 2, _MAGENTA)):
+            dx, dy = semi * math.cos(ang), semi * math.sin(ang)
+            cv2.line(
+                out, _pt(e.cx - dx, e.cy - dy), _pt(e.cx + dx, e.cy + dy), color, thick,
+                cv2.LINE_AA, _SHIFT,
+            )  # fmt: skip
+    lines = [m.filename if m.frame is None else f"{m.filename} [frame {m.frame}]"]
+    if m.hc_mm is not None:
+        lines.append(f"HC {m.hc_mm:.1f} mm  BPD {m.bpd_mm:.1f}  OFD {m.ofd_mm:.1f}")
+        ga = m.ga_hadlock
+        if ga is not None:
+            flag = "" if ga.in_range else " (out of range)"
+            lines.append(f"GA {ga.weeks:.1f} wk (Hadlock){flag}")
+    lines.append(f"qc: {m.qc}")
+    y = 22 * scale
+    for text in lines:
+        for color, w in (((0, 0, 0), thick + 2), ((255, 255, 255), thick)):
+            cv2.putText(out, text, (8 * scale, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, color, w,
+                        cv2.LINE_AA)  # fmt: skip
+        y += 24 * scale
+    return out
+
+
+def encode_png(image: NDArray[np.uint8]) -> bytes:
+    """Encode an array as PNG bytes."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()

@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import MINI, make_mask_dataset
+
+from fetalhead.data import (
+    CachedCases,
+    Letterbox,
+    detect_layout,
+    fill_outline,
+    find_cases,
+    label_ellipse,
+    label_mask,
+    split_by_prefix,
+)
+from fetalhead.ellipse import Ellipse, ellipse_points, find_head_contour, fit_ellipse
+from fetalhead.io import InputError, read_gray
+
+
+def test_fill_outline_makes_solid_mask() -> None:
+    ring = np.zeros((50, 50), np.uint8)
+    cv2.circle(ring, (25, 25), 15, 255, 1)
+    filled = fill_outline(ring)
+    assert filled[25, 25] == 1 and filled[0, 0] == 0
+    assert filled.sum() == pytest.approx(np.pi * 15**2, rel=0.05)
+
+
+def test_hc18_layout_and_reference_hc() -> None:
+    assert detect_layout(MINI) == "hc18"
+    cases = find_cases(MINI)
+    assert [c.image.name for c in cases] == ["052_HC.png", "433_HC.png", "788_2HC.png"]
+    for c in cases:
+        # The ellipse fitted to the outline reproduces the published HC.
+        assert label_ellipse(c).perimeter * c.pixel_size_mm == pytest.approx(c.hc_mm, abs=0.05)
+        m = label_mask(c)
+        assert m.max() == 1 and m.sum() > 1000
+
+
+def test_mask_layout(tmp_path: Path) -> None:
+    root = make_mask_dataset(tmp_path / "d", 4)
+    assert detect_layout(root) == "mask"
+    cases = find_cases(root)
+    assert len(cases) == 4 and all(c.pixel_size_mm == 0.2 for c in cases)
+    assert cases[0].layout == "mask"
+
+
+def test_no_labels_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no labelled images"):
+        detect_layout(tmp_path)
+
+
+def test_rgb_input_is_converted_to_gray(tmp_path: Path) -> None:
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[..., 1] = 200
+    cv2.imwrite(str(tmp_path / "x.png"), rgb)
+    g = read_gray(tmp_path / "x.png")
+    assert g.shape == (40, 60) and g.dtype == np.uint8
+    assert int(g[0, 0]) == round(0.587 * 200)
+
+
+def test_split_by_prefix_never_leaks(tmp_path: Path) -> None:
+    root = make_mask_dataset(tmp_path / "d", 40)
+    cases = find_cases(root)
+    train, val = split_by_prefix(cases, 0.25, seed=3)
+    assert len(train) + len(val) == len(cases) and val
+    assert {c.prefix for c in train}.isdisjoint({c.prefix for c in val})
+    # Sibling frames (NNN_HC and NNN_2HC) stay together.
+    for c in val:
+        assert all(o.prefix != c.prefix for o in train)
+    assert split_by_prefix(cases, 0.25, seed=3) == (train, val)
+    assert split_by_prefix(cases, 0.25, seed=4) != (train, val)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("shape", [(540, 800), (600, 700), (300, 1000)])
+def test_letterbox_maps_ellipses_consistently(shape, keep) -> None:
+    lb = Letterbox(shape[0], shape[1], 192, 288, keep)
+    e = Ellipse(shape[1] * 0.45, shape[0] * 0.55, shape[0] * 0.3, shape[0] * 0.2, 0.8)
+    net = lb.ellipse_to_net(e)
+    back = fit_ellipse(lb.to_original(ellipse_points(net, 400))).ellipse
+    assert back.perimeter == pytest.approx(e.perimeter, rel=1e-4)
+    assert (back.cx, back.cy) == pytest.approx((e.cx, e.cy), abs=1e-3)
+    if keep:
+        sx, sy = lb.scale
+        assert sx == pytest.approx(sy, rel=0.01)
+
+
+def test_cached_soft_targets_are_unbiased() -> None:
+    cases = find_cases(MINI)
+    cache = CachedCases(cases, (192, 288))
+    for case, img, target in zip(cases, cache.images, cache.targets, strict=True):
+        assert img.shape == target.shape == (192, 288)
+        shape = read_gray(case.image).shape
+        lb = Letterbox(shape[0], shape[1], 192, 288)
+        pts, _ = find_head_contour(target)
+        hc = fit_ellipse(lb.to_original(pts + np.array(lb.pad))).ellipse.perimeter
+        assert hc * case.pixel_size_mm == pytest.approx(case.hc_mm, abs=0.1)

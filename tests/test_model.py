@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from fetalhead.model import Checkpoint, ModelConfig, ResUNet, count_parameters
+
+
+def test_reference_size_parameter_count() -> None:
+    model = ResUNet(ModelConfig(start_filters=16))
+    assert count_parameters(model) == pytest.approx(5.1e6, rel=0.02)
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (32, 32)])
+def test_output_shape(hw) -> None:
+    model = ResUNet(ModelConfig(start_filters=2, input_hw=hw)).eval()
+    with torch.inference_mode():
+        y = model(torch.rand(2, 1, *hw))
+    assert y.shape == (2, 1, *hw)
+
+
+def test_dropout_layout_matches_reference() -> None:
+    model = ResUNet(ModelConfig(start_filters=2, dropout=0.5))
+    assert [d.p for d in model.drop_down] == [0.25, 0.5, 0.5, 0.5]
+    assert [isinstance(d, torch.nn.Dropout) for d in model.drop_up] == [True, True, False, False]
+
+
+def test_invalid_config_is_explained() -> None:
+    with pytest.raises(ValueError, match="divisible by 16"):
+        ModelConfig(input_hw=(100, 100))
+    with pytest.raises(ValueError, match="dropout"):
+        ModelConfig(dropout=1.5)
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ResUNet(TINY).eval()
+    path = tmp_path / "m.pt"
+    Checkpoint.from_model(model, {"metrics": {"val_dice": 0.5}, "data_note": "x"}).save(path)
+    ck = Checkpoint.load(path)
+    assert ck.config == TINY and ck.meta["metrics"]["val_dice"] == 0.5
+    x = torch.rand(1, 1, *TINY.input_hw)
+    with torch.inference_mode():
+        assert torch.equal(model(x), ck.build()(x))
+
+
+def test_load_rejects_foreign_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    torch.save({"hello": 1}, bad)
+    with pytest.raises(ValueError, match="not a fetalhead checkpoint"):
+        Checkpoint.load(bad)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable"):
+        Checkpoint.load(junk)
