@@ -40,7 +40,13 @@ from fetalhead.io import (
     read_pixel_size_csv,
     validate_pixel_size,
 )
-from fetalhead.predict import PREDICTION_COLUMNS, HeadMeasurer, Measurement, unreadable
+from fetalhead.predict import (
+    PREDICTION_COLUMNS,
+    HeadMeasurer,
+    Measurement,
+    choose_dicom_region,
+    unreadable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +314,7 @@ def run_batch(
             for (file, loaded, _px, source), m in zip(pending, results, strict=True):
                 m.frame = loaded.frame
                 m.pixel_size_source = source
+                choose_dicom_region(m, loaded)
                 emit(m, loaded)
             pending.clear()
 

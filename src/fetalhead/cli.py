@@ -190,6 +190,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if summary["n_images"] else 1
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export weights to ONNX (dynamic batch, embedded metadata)")
+    p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fetalhead.model import Checkpoint
+    from fetalhead.onnx import export_onnx, onnx_available
+    from fetalhead.predict import DEFAULT_WEIGHTS
+
+    if not onnx_available():
+        raise RuntimeError("export needs onnx and onnxruntime: pip install 'fetalhead[onnx]'")
+    path = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
+    diff = export_onnx(Checkpoint.load(path), args.out, args.opset)
+    print(f"wrote {args.out}; max abs difference of logits vs PyTorch: {diff:.3g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fetalhead`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -202,10 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_evaluate(sub)
     _add_train(sub)
+    _add_export(sub)
     return parser
 
 
-COMMANDS = {"predict": _cmd_predict, "evaluate": _cmd_evaluate, "train": _cmd_train}
+COMMANDS = {
+    "predict": _cmd_predict, "evaluate": _cmd_evaluate, "train": _cmd_train,
+    "export": _cmd_export,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

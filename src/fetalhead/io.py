@@ -45,12 +45,15 @@ class LoadedImage:
         pixel_size_mm: Pixel size read from the file itself (DICOM), if any.
         pixel_size_source: Where ``pixel_size_mm`` came from.
         frame: Frame index for multi-frame files, else ``None``.
+        regions: Calibrated DICOM regions to choose from once the head is found
+            (``fetalhead.dicom.CalibratedRegion``); empty when there is one choice.
     """
 
     pixels: NDArray[np.uint8]
     pixel_size_mm: float | None = None
     pixel_size_source: PixelSizeSource | None = None
     frame: int | None = None
+    regions: tuple = ()
 
 
 def is_label_file(path: Path) -> bool:

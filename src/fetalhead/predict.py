@@ -389,6 +389,9 @@ class HeadMeasurer:
             pixel_size_mm = validate_pixel_size(pixel_size_mm, name)
         result = self.measure_batch([pixels], [pixel_size_mm], [name])[0]
         result.pixel_size_source = source if pixel_size_mm is not None else None
+        if isinstance(image, LoadedImage):
+            result.frame = image.frame
+            choose_dicom_region(result, image)
         return result
 
     def describe(self) -> dict[str, Any]:
@@ -428,6 +431,18 @@ def _make_backend(checkpoint: Checkpoint, name: BackendName) -> Backend:
                 "the onnx backend needs ONNX Runtime: pip install 'fetalhead[onnx]'"
             )
     return TorchBackend(checkpoint)
+
+
+def choose_dicom_region(m: Measurement, loaded: LoadedImage) -> None:
+    """Use the pixel size of the calibrated DICOM region that contains the head."""
+    if m.pixel_size_source != "dicom-region" or not loaded.regions or m.ellipse is None:
+        return
+    from fetalhead.dicom import region_for_point
+
+    region = region_for_point(list(loaded.regions), m.ellipse.cx, m.ellipse.cy)
+    if region is not None and region.dx_mm != m.pixel_size_mm:
+        logger.info("%s: head lies in a region of %.4g mm pixels", m.filename, region.dx_mm)
+        m.pixel_size_mm = region.dx_mm
 
 
 def unreadable(name: str, message: str, frame: int | None = None) -> Measurement:

@@ -503,8 +503,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             _write_log(history, run_dir / "log.csv")
             _plot_curves(history, run_dir / "curves.png")
         if info.world > 1:
+            _check_in_step(model, info, device)
             dist.barrier()
     return TrainResult(run_dir, best, history)
+
+
+def _check_in_step(model: torch.nn.Module, info: DistInfo, device: torch.device) -> None:
+    """Verify that every rank holds the same weights (DDP keeps them in step)."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    gathered = [torch.zeros_like(checksum) for _ in range(info.world)]
+    dist.all_gather(gathered, checksum.to(device))
+    values = [float(g) for g in gathered]
+    if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+        raise RuntimeError(f"ranks diverged: parameter checksums {values}")
+    if info.main:
+        logger.info("ranks in step: %d ranks, parameter checksum %.6f", info.world, values[0])
 
 
 def _shape_of(case: Case) -> tuple[int, int]:

@@ -1,0 +1,59 @@
+
+import pytest
+from conftest import MINI, TINY, OracleBackend
+
+from fetalhead.cli import main
+from fetalhead.data import find_cases, label_ellipse
+from fetalhead.ellipse import Ellipse
+from fetalhead.evaluate import evaluate, hausdorff_ellipses, trimester
+from fetalhead.io import read_gray
+from fetalhead.model import Checkpoint, ResUNet
+from fetalhead.predict import HeadMeasurer
+
+
+def test_hausdorff_of_concentric_circles() -> None:
+    assert hausdorff_ellipses(Ellipse(0, 0, 10, 10, 0), Ellipse(0, 0, 12, 12, 0)) == pytest.approx(
+        2.0, abs=1e-3
+    )
+    assert hausdorff_ellipses(Ellipse(0, 0, 10, 5, 0), Ellipse(3, 0, 10, 5, 0)) == pytest.approx(
+        3.0, abs=0.01
+    )
+
+
+def test_trimester_bounds() -> None:
+    assert [trimester(w) for w in (13.9, 14.0, 27.9, 28.0)] == ["first", "second", "second", "third"]
+
+
+def test_evaluate_with_perfect_maps(tmp_path) -> None:
+    cases = find_cases(MINI)
+    m = HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch")
+    m.backend = OracleBackend(
+        [label_ellipse(c) for c in cases], [read_gray(c.image).shape for c in cases], TINY
+    )
+    s = evaluate(m, MINI, tmp_path, split="all", progress=False)
+    assert s["n_images"] == 3 and s["n_no_head"] == 0
+    assert s["dsc"]["mean"] > 0.985
+    assert s["adf_mm"]["mean"] < 1.5 and s["hd_mm"]["mean"] < 1.5
+    assert {k: v["n"] for k, v in s["adf_by_trimester"].items()} == {
+        "first": 1, "second": 1, "third": 1
+    }
+    for name in ("metrics.csv", "summary.md", "summary.json"):
+        assert (tmp_path / name).exists()
+    assert len(list((tmp_path / "worst").glob("*.png"))) == 3
+    assert "ADF by trimester" in (tmp_path / "summary.md").read_text()
+
+
+def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys) -> None:
+    rc = main(["evaluate", str(MINI), "--weights", str(tiny_checkpoint), "--out",
+               str(tmp_path / "ev"), "--split", "all", "--backend", "torch", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("filename,pixel_size_mm,hc_ref_mm,hc_pred_mm,df_mm,adf_mm,dsc,hd_mm")
+    assert len(rows) == 4
+    assert "DSC (%)" in capsys.readouterr().out
+
+
+def test_cli_evaluate_val_split_needs_recorded_split(tiny_checkpoint, tmp_path, capsys) -> None:
+    rc = main(["evaluate", str(MINI), "--weights", str(tiny_checkpoint), "--out",
+               str(tmp_path / "ev"), "--backend", "torch"])  # fmt: skip
+    assert rc == 2 and "--split all" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_mask_dataset
+
+from fetalhead.model import Checkpoint
+from fetalhead.train import TrainConfig, dice_loss, train
+
+
+def tiny_config(data: Path, out: Path, epochs: int = 2) -> TrainConfig:
+    return TrainConfig(
+        data=str(data), out=str(out), epochs=epochs, batch_size=4, lr=3e-3, image_h=64,
+        image_w=96, start_filters=2, dropout=0.1, val_fraction=0.25, num_threads=1,
+        progress=False, warmup_steps=2,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return make_mask_dataset(tmp_path_factory.mktemp("synth") / "data", 12)
+
+
+def test_dice_loss_smooth_one() -> None:
+    t = torch.zeros(1, 1, 4, 4)
+    logits = torch.full((1, 1, 4, 4), -30.0)
+    # Both empty: (0 + 1) / (0 + 1) = 1, so the loss is 0 with smooth = 1.
+    assert float(dice_loss(logits, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(dice_loss(-logits, t)) == pytest.approx(1 - 1 / 17, abs=1e-4)
+
+
+def test_train_writes_logs_checkpoints_and_curves(synth, tmp_path) -> None:
+    result = train(tiny_config(synth, tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "log.csv", "curves.png", "config.yaml", "config.json"):
+        assert (run / name).exists(), name
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "train_dice", "val_loss", "val_dice", "lr", "seconds"} <= set(rows[0])
+    ck = Checkpoint.load(run / "best.pt")
+    val = set(ck.meta["split"]["val_files"])
+    train_names = {p.name for p in synth.glob("*_HC.png")} | {p.name for p in synth.glob("*_2HC.png")}
+    train_names -= val
+    assert val and {n[:3] for n in val}.isdisjoint({n[:3] for n in train_names})
+    assert ck.config.input_hw == (64, 96)
+    assert result.best_val_dice == max(float(r["val_dice"]) for r in rows)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(synth, run))
+
+
+def test_config_file_and_unknown_keys(tmp_path) -> None:
+    (tmp_path / "c.yaml").write_text("epochs: 3\nlr: 0.01\n")
+    cfg = TrainConfig.from_file(tmp_path / "c.yaml", epochs=5, lr=None)
+    assert cfg.epochs == 5 and cfg.lr == 0.01
+    (tmp_path / "b.toml").write_text("epoch = 3\n")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_file(tmp_path / "b.toml")
+    with pytest.raises(ValueError, match="loss must be"):
+        TrainConfig(loss="focal")  # type: ignore[arg-type]
+
+
+def test_runs_are_deterministic_and_resume_exactly_after_kill(synth, tmp_path) -> None:
+    epochs = 5
+    ref = train(tiny_config(synth, tmp_path / "ref", epochs))
+    again = train(tiny_config(synth, tmp_path / "again", epochs))
+    assert [h.train_loss for h in ref.history] == [h.train_loss for h in again.history]
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "fetalhead.cli", "train", str(synth), "--out", str(run),
+           "--epochs", str(epochs), "--batch-size", "4", "--lr", "3e-3", "--image-size", "64x96",
+           "--start-filters", "2", "--val-fraction", "0.25", "--threads", "1", "--no-progress",
+           "--config", str(tmp_path / "c.yaml")]  # fmt: skip
+    (tmp_path / "c.yaml").write_text("dropout: 0.1\nwarmup_steps: 2\n")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] < epochs, "the run finished before it could be killed"
+    resumed = train(tiny_config(synth, run, epochs), resume=True)
+    assert [h.epoch for h in resumed.history] == list(range(1, epochs + 1))
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["model"]
+    b = torch.load(run / "last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_distributed_two_ranks_gloo(synth, tmp_path) -> None:
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "fetalhead.cli", "train", str(synth), "--out", str(run), "--epochs", "2",
+           "--batch-size", "2", "--image-size", "64x96", "--start-filters", "2",
+           "--val-fraction", "0.25", "--threads", "1", "--no-progress", "--device", "cpu"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stderr.count("ranks in step: 2 ranks") == 2
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert len(rows) == 2
+    assert Checkpoint.load(run / "best.pt").meta["split"]["n_val"] >= 1
