@@ -53,9 +53,12 @@ def make_mask_dataset(root: Path, n: int, shape: tuple[int, int] = (135, 200)) -
     for i in range(n):
         h, w = shape
         e = Ellipse(
-            w / 2 + rng.uniform(-15, 15), h / 2 + rng.uniform(-10, 10),
-            rng.uniform(30, 50), rng.uniform(22, 35), rng.uniform(0, math.pi),
-        )  # fmt: skip
+            w / 2 + rng.uniform(-15, 15),
+            h / 2 + rng.uniform(-10, 10),
+            rng.uniform(30, 50),
+            rng.uniform(22, 35),
+            rng.uniform(0, math.pi),
+        )
         img, mask = synthetic_scan(e, shape, seed=i)
         name = f"{i // 2:03d}_HC.png" if i % 2 == 0 else f"{i // 2:03d}_2HC.png"
         cv2.imwrite(str(root / name), img)

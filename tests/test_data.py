@@ -3,8 +3,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import MINI, make_mask_dataset
 
+from conftest import MINI, make_mask_dataset
 from fetalhead.data import (
     CachedCases,
     Letterbox,

@@ -3,12 +3,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, OracleBackend, synthetic_scan
 from pydicom import examples
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
 
+from conftest import TINY, OracleBackend, synthetic_scan
 from fetalhead.cli import main
 from fetalhead.ellipse import Ellipse
 from fetalhead.io import InputError, read_image
@@ -73,8 +73,9 @@ def test_dicom_detected_by_content_without_suffix(tmp_path) -> None:
 
 def test_pixel_spacing_fallback_and_non_spatial_units(tmp_path) -> None:
     img = np.zeros((100, 120), np.uint8)
-    p = make_dicom(tmp_path / "a.dcm", img, [region(0, 0, 119, 99, 0.01, 0.5, uy=4)],
-                   pixel_spacing=[0.2, 0.2])  # fmt: skip
+    p = make_dicom(
+        tmp_path / "a.dcm", img, [region(0, 0, 119, 99, 0.01, 0.5, uy=4)], pixel_spacing=[0.2, 0.2]
+    )
     f = read_image(p)[0]
     assert f.pixel_size_source == "dicom-pixel-spacing" and f.pixel_size_mm == pytest.approx(0.2)
 
@@ -90,8 +91,11 @@ def test_non_square_pixels_are_resampled(tmp_path, caplog) -> None:
 def test_several_regions_pick_the_one_with_the_head(tmp_path) -> None:
     e = Ellipse(300, 135, 70, 50, 0.3)
     img, _ = synthetic_scan(e)
-    regions = [region(0, 0, 199, 269, 0.01, 0.01), region(200, 0, 399, 269, 0.02, 0.02),
-               region(0, 200, 399, 269, 0.05, 0.05, fmt=4, dtype=10)]  # fmt: skip
+    regions = [
+        region(0, 0, 199, 269, 0.01, 0.01),
+        region(200, 0, 399, 269, 0.02, 0.02),
+        region(0, 200, 399, 269, 0.05, 0.05, fmt=4, dtype=10),
+    ]
     p = make_dicom(tmp_path / "two.dcm", img, regions)
     loaded = read_image(p)[0]
     assert loaded.pixel_size_mm == pytest.approx(0.1)  # largest 2-D tissue region first
@@ -121,8 +125,19 @@ def test_uncalibrated_dicom_is_never_measured_in_pixels(tiny_checkpoint, tmp_pat
     src.mkdir()
     make_dicom(src / "nocal.dcm", np.zeros((100, 120), np.uint8))
     make_dicom(src / "cal.dcm", np.zeros((100, 120), np.uint8), [region(0, 0, 119, 99, 0.01, 0.01)])
-    rc = main(["predict", str(src), "--out", str(tmp_path / "o"), "--weights",
-               str(tiny_checkpoint), "--backend", "torch", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "predict",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            str(tiny_checkpoint),
+            "--backend",
+            "torch",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rows = {r["filename"]: r for r in csv.DictReader(open(tmp_path / "o" / "predictions.csv"))}
     assert rows["nocal.dcm"]["qc"] == "no_pixel_size"
@@ -132,8 +147,19 @@ def test_uncalibrated_dicom_is_never_measured_in_pixels(tiny_checkpoint, tmp_pat
 
 
 def test_cli_multiframe_rows_have_frames(tiny_checkpoint, tmp_path) -> None:
-    rc = main(["predict", str(examples.get_path("ybr_color")), "--out", str(tmp_path / "o"),
-               "--weights", str(tiny_checkpoint), "--backend", "torch", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "predict",
+            str(examples.get_path("ybr_color")),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            str(tiny_checkpoint),
+            "--backend",
+            "torch",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rows = list(csv.DictReader(open(tmp_path / "o" / "predictions.csv")))
     assert [r["frame"] for r in rows] == [str(i) for i in range(30)]

@@ -70,8 +70,13 @@ def test_angle_measured_from_x_towards_y_down() -> None:
 def test_hc18_parameters_in_mm() -> None:
     p = Ellipse(10, 20, 30, 15, 4.0).to_hc18_mm(0.5)
     assert p == pytest.approx(
-        {"center_x_mm": 5, "center_y_mm": 10, "semi_axes_a_mm": 15, "semi_axes_b_mm": 7.5,
-         "angle_rad": 4.0 - math.pi}
+        {
+            "center_x_mm": 5,
+            "center_y_mm": 10,
+            "semi_axes_a_mm": 15,
+            "semi_axes_b_mm": 7.5,
+            "angle_rad": 4.0 - math.pi,
+        }
     )
 
 
@@ -108,9 +113,13 @@ def test_empty_map_has_no_contour() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    a=st.floats(20, 80), ratio=st.floats(0.5, 1.0), angle=st.floats(0, math.pi),
-    dx=st.floats(-40, 40), dy=st.floats(-40, 40), rot=st.floats(0, math.pi),
-)  # fmt: skip
+    a=st.floats(20, 80),
+    ratio=st.floats(0.5, 1.0),
+    angle=st.floats(0, math.pi),
+    dx=st.floats(-40, 40),
+    dy=st.floats(-40, 40),
+    rot=st.floats(0, math.pi),
+)
 def test_hc_invariant_to_translation_and_rotation(a, ratio, angle, dx, dy, rot) -> None:
     e = Ellipse(150, 140, a, a * ratio, angle)
     moved = Ellipse(150 + dx, 140 + dy, a, a * ratio, angle + rot)

@@ -1,7 +1,6 @@
-
 import pytest
-from conftest import MINI, TINY, OracleBackend
 
+from conftest import MINI, TINY, OracleBackend
 from fetalhead.cli import main
 from fetalhead.data import find_cases, label_ellipse
 from fetalhead.ellipse import Ellipse
@@ -21,7 +20,12 @@ def test_hausdorff_of_concentric_circles() -> None:
 
 
 def test_trimester_bounds() -> None:
-    assert [trimester(w) for w in (13.9, 14.0, 27.9, 28.0)] == ["first", "second", "second", "third"]
+    assert [trimester(w) for w in (13.9, 14.0, 27.9, 28.0)] == [
+        "first",
+        "second",
+        "second",
+        "third",
+    ]
 
 
 def test_evaluate_with_perfect_maps(tmp_path) -> None:
@@ -35,7 +39,9 @@ def test_evaluate_with_perfect_maps(tmp_path) -> None:
     assert s["dsc"]["mean"] > 0.985
     assert s["adf_mm"]["mean"] < 1.5 and s["hd_mm"]["mean"] < 1.5
     assert {k: v["n"] for k, v in s["adf_by_trimester"].items()} == {
-        "first": 1, "second": 1, "third": 1
+        "first": 1,
+        "second": 1,
+        "third": 1,
     }
     for name in ("metrics.csv", "summary.md", "summary.json"):
         assert (tmp_path / name).exists()
@@ -44,8 +50,21 @@ def test_evaluate_with_perfect_maps(tmp_path) -> None:
 
 
 def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys) -> None:
-    rc = main(["evaluate", str(MINI), "--weights", str(tiny_checkpoint), "--out",
-               str(tmp_path / "ev"), "--split", "all", "--backend", "torch", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            str(MINI),
+            "--weights",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path / "ev"),
+            "--split",
+            "all",
+            "--backend",
+            "torch",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("filename,pixel_size_mm,hc_ref_mm,hc_pred_mm,df_mm,adf_mm,dsc,hd_mm")
@@ -54,6 +73,16 @@ def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys) -> None:
 
 
 def test_cli_evaluate_val_split_needs_recorded_split(tiny_checkpoint, tmp_path, capsys) -> None:
-    rc = main(["evaluate", str(MINI), "--weights", str(tiny_checkpoint), "--out",
-               str(tmp_path / "ev"), "--backend", "torch"])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            str(MINI),
+            "--weights",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path / "ev"),
+            "--backend",
+            "torch",
+        ]
+    )
     assert rc == 2 and "--split all" in capsys.readouterr().err

@@ -41,9 +41,14 @@ def test_pixel_csv_variants(tmp_path: Path, text: str, name: str, value: float) 
 
 @pytest.mark.parametrize(
     ("row", "message"),
-    [("a.png,-0.1", "positive"), ("a.png,nan", "positive"), ("a.png,abc", "not a number"),
-     ("a.png,0", "positive"), ("a.png,", "not a number")],
-)  # fmt: skip
+    [
+        ("a.png,-0.1", "positive"),
+        ("a.png,nan", "positive"),
+        ("a.png,abc", "not a number"),
+        ("a.png,0", "positive"),
+        ("a.png,", "not a number"),
+    ],
+)
 def test_pixel_csv_bad_values_name_the_file(tmp_path: Path, row: str, message: str) -> None:
     p = tmp_path / "px.csv"
     p.write_text(f"filename,pixel size(mm)\n{row}\nb.png,0.2\n")

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
+from conftest import TINY
 from fetalhead.model import Checkpoint, ModelConfig, ResUNet, count_parameters
 
 

@@ -8,18 +8,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_mask_dataset
 
+from conftest import make_mask_dataset
 from fetalhead.model import Checkpoint
 from fetalhead.train import TrainConfig, dice_loss, train
 
 
 def tiny_config(data: Path, out: Path, epochs: int = 2) -> TrainConfig:
     return TrainConfig(
-        data=str(data), out=str(out), epochs=epochs, batch_size=4, lr=3e-3, image_h=64,
-        image_w=96, start_filters=2, dropout=0.1, val_fraction=0.25, num_threads=1,
-        progress=False, warmup_steps=2,
-    )  # fmt: skip
+        data=str(data),
+        out=str(out),
+        epochs=epochs,
+        batch_size=4,
+        lr=3e-3,
+        image_h=64,
+        image_w=96,
+        start_filters=2,
+        dropout=0.1,
+        val_fraction=0.25,
+        num_threads=1,
+        progress=False,
+        warmup_steps=2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +55,9 @@ def test_train_writes_logs_checkpoints_and_curves(synth, tmp_path) -> None:
     assert {"train_loss", "train_dice", "val_loss", "val_dice", "lr", "seconds"} <= set(rows[0])
     ck = Checkpoint.load(run / "best.pt")
     val = set(ck.meta["split"]["val_files"])
-    train_names = {p.name for p in synth.glob("*_HC.png")} | {p.name for p in synth.glob("*_2HC.png")}
+    train_names = {p.name for p in synth.glob("*_HC.png")} | {
+        p.name for p in synth.glob("*_2HC.png")
+    }
     train_names -= val
     assert val and {n[:3] for n in val}.isdisjoint({n[:3] for n in train_names})
     assert ck.config.input_hw == (64, 96)
@@ -72,10 +84,32 @@ def test_runs_are_deterministic_and_resume_exactly_after_kill(synth, tmp_path) -
     assert [h.train_loss for h in ref.history] == [h.train_loss for h in again.history]
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "fetalhead.cli", "train", str(synth), "--out", str(run),
-           "--epochs", str(epochs), "--batch-size", "4", "--lr", "3e-3", "--image-size", "64x96",
-           "--start-filters", "2", "--val-fraction", "0.25", "--threads", "1", "--no-progress",
-           "--config", str(tmp_path / "c.yaml")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "fetalhead.cli",
+        "train",
+        str(synth),
+        "--out",
+        str(run),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+        "--image-size",
+        "64x96",
+        "--start-filters",
+        "2",
+        "--val-fraction",
+        "0.25",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--config",
+        str(tmp_path / "c.yaml"),
+    ]
     (tmp_path / "c.yaml").write_text("dropout: 0.1\nwarmup_steps: 2\n")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -97,10 +131,34 @@ def test_runs_are_deterministic_and_resume_exactly_after_kill(synth, tmp_path) -
 def test_distributed_two_ranks_gloo(synth, tmp_path) -> None:
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "fetalhead.cli", "train", str(synth), "--out", str(run), "--epochs", "2",
-           "--batch-size", "2", "--image-size", "64x96", "--start-filters", "2",
-           "--val-fraction", "0.25", "--threads", "1", "--no-progress", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "fetalhead.cli",
+        "train",
+        str(synth),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--image-size",
+        "64x96",
+        "--start-filters",
+        "2",
+        "--val-fraction",
+        "0.25",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stderr.count("ranks in step: 2 ranks") == 2

@@ -54,8 +54,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SUBMISSION_COLUMNS = [
-    "filename", "center_x_mm", "center_y_mm", "semi_axes_a_mm", "semi_axes_b_mm", "angle_rad",
-]  # fmt: skip
+    "filename",
+    "center_x_mm",
+    "center_y_mm",
+    "semi_axes_a_mm",
+    "semi_axes_b_mm",
+    "angle_rad",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[InputFile]:
 
     Raises:
         InputError: If a path does not exist or nothing to measure is found.
+
     """
     found: list[InputFile] = []
     for raw in paths:
@@ -121,6 +127,7 @@ class PixelSizes:
 
         Raises:
             InputError: If no usable pixel size is known for the file.
+
         """
         if self.value_mm is not None:
             return self.value_mm, "cli"
@@ -186,7 +193,7 @@ class RowWriter:
         self.columns = columns
         _drop_partial_line(path)
         new = not path.exists() or path.stat().st_size == 0
-        self.fh = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self.fh = open(path, "a", encoding="utf-8", newline="")
         if new:
             self._write(columns)
 
@@ -265,7 +272,9 @@ def check_output_dir(out: Path, inputs: list[InputFile], resume: bool, overwrite
     out_r = out.resolve()
     for f in inputs:
         if f.path.resolve().is_relative_to(out_r):
-            raise InputError(f"{out}: output folder contains the input {f.path}; choose another --out")
+            raise InputError(
+                f"{out}: output folder contains the input {f.path}; choose another --out"
+            )
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
@@ -309,9 +318,11 @@ def run_batch(
             if not pending:
                 return
             results = measurer.measure_batch(
-                [p[1].pixels for p in pending], [p[2] for p in pending], [p[0].name for p in pending]
+                [p[1].pixels for p in pending],
+                [p[2] for p in pending],
+                [p[0].name for p in pending],
             )
-            for (file, loaded, _px, source), m in zip(pending, results, strict=True):
+            for (_file, loaded, _px, source), m in zip(pending, results, strict=True):
                 m.frame = loaded.frame
                 m.pixel_size_source = source
                 choose_dicom_region(m, loaded)

@@ -90,11 +90,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--submission", metavar="CSV", help="also write an HC18 submission CSV")
     p.add_argument("--resume", action="store_true", help="skip files already in predictions.csv")
     p.add_argument("--overwrite", action="store_true", help="start over in a non-empty DIR")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
-                   help="inference backend (auto: ONNX Runtime if installed, else PyTorch)")
-    p.add_argument("--postprocess", choices=["lowres", "full"], default="lowres",
-                   help="ellipse from the network-resolution contour (lowres, default) "
-                   "or from the map upsampled to full resolution")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="inference backend (auto: ONNX Runtime if installed, else PyTorch)",
+    )
+    p.add_argument(
+        "--postprocess",
+        choices=["lowres", "full"],
+        default="lowres",
+        help="ellipse from the network-resolution contour (lowres, default) "
+        "or from the map upsampled to full resolution",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per network batch")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
     p.add_argument("--threads", type=int, help="inference CPU threads (default: all cores)")
@@ -107,8 +115,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="labelled folder with its pixel-size CSV")
     p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--split", choices=["val", "all"], default="val",
-                   help="val: the checkpoint's validation files; all: every labelled image")
+    p.add_argument(
+        "--split",
+        choices=["val", "all"],
+        default="val",
+        help="val: the checkpoint's validation files; all: every labelled image",
+    )
     p.add_argument("--tta", action="store_true", help="average with a left-right flipped pass")
     p.add_argument("--postprocess", choices=["lowres", "full"], default="lowres")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
@@ -132,7 +144,7 @@ def _print_table(rows: list[dict]) -> None:
         print(f"... {len(rows) - 200} more rows in predictions.csv")
 
 
-def _measurer(args: argparse.Namespace):  # noqa: ANN202
+def _measurer(args: argparse.Namespace):
     from fetalhead.predict import HeadMeasurer
 
     return HeadMeasurer.from_pretrained(
@@ -211,6 +223,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="web page and REST API (needs fetalhead[serve])")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from fetalhead.serve import serve
+    except ImportError as exc:
+        raise RuntimeError(
+            f"serve needs the web extras: pip install 'fetalhead[serve]' ({exc})"
+        ) from None
+    serve(args.weights, args.host, args.port, args.backend)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fetalhead`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -224,12 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_serve(sub)
     return parser
 
 
 COMMANDS = {
-    "predict": _cmd_predict, "evaluate": _cmd_evaluate, "train": _cmd_train,
+    "predict": _cmd_predict,
+    "evaluate": _cmd_evaluate,
+    "train": _cmd_train,
     "export": _cmd_export,
+    "serve": _cmd_serve,
 }
 
 

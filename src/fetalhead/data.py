@@ -38,6 +38,7 @@ class Case:
         layout: Which layout the label follows.
         pixel_size_mm: Pixel size, if a CSV lists it.
         hc_mm: Reference head circumference, if a CSV lists it.
+
     """
 
     image: Path
@@ -63,6 +64,7 @@ def detect_layout(root: Path) -> Layout:
 
     Raises:
         InputError: If the folder holds no labelled images.
+
     """
     if any(root.glob("*_Annotation.png")):
         return "hc18"
@@ -151,6 +153,7 @@ def split_by_prefix(
 
     Returns:
         ``(train, val)``.
+
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -256,4 +259,3 @@ class CachedCases:
 
     def __len__(self) -> int:
         return len(self.cases)
-

@@ -83,7 +83,9 @@ def default_region(regions: list[CalibratedRegion]) -> CalibratedRegion | None:
     return max(tissue or regions, key=lambda r: r.area)
 
 
-def region_for_point(regions: list[CalibratedRegion], x: float, y: float) -> CalibratedRegion | None:
+def region_for_point(
+    regions: list[CalibratedRegion], x: float, y: float
+) -> CalibratedRegion | None:
     """The smallest calibrated region containing ``(x, y)``, if any."""
     inside = [r for r in regions if r.contains(x, y)]
     return min(inside, key=lambda r: r.area) if inside else None
@@ -116,6 +118,7 @@ def read_dicom_bytes(data: bytes, name: str) -> list[LoadedImage]:
     Raises:
         InputError: If the file is not valid DICOM, has no pixel data, or uses
             a compression no installed decoder handles.
+
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -147,7 +150,9 @@ def read_dicom_bytes(data: bytes, name: str) -> list[LoadedImage]:
     if region is not None:
         dx, dy, source = region.dx_mm, region.dy_mm, "dicom-region"
         if len(regions) > 1:
-            logger.info("%s: %d calibrated regions; using the largest tissue region", name, len(regions))
+            logger.info(
+                "%s: %d calibrated regions; using the largest tissue region", name, len(regions)
+            )
     elif "PixelSpacing" in ds:
         try:
             row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
@@ -161,17 +166,19 @@ def read_dicom_bytes(data: bytes, name: str) -> list[LoadedImage]:
         if abs(dx - dy) / max(dx, dy) > ANISOTROPY_TOLERANCE:
             logger.warning(
                 "%s: non-square pixels (%.4g x %.4g mm); resampling rows to square pixels",
-                name, dx, dy,
-            )  # fmt: skip
+                name,
+                dx,
+                dy,
+            )
             frames = [resample_square(f, dx, dy) for f in frames]
             resampled = True
     # Other regions are kept so that the one containing the head can be chosen
     # after measuring (their bounds no longer apply once rows are resampled).
-    others = tuple(regions) if source == "dicom-region" and len(regions) > 1 and not resampled else ()
+    others = (
+        tuple(regions) if source == "dicom-region" and len(regions) > 1 and not resampled else ()
+    )
     multi = len(frames) > 1
-    return [
-        LoadedImage(f, px, source, i if multi else None, others) for i, f in enumerate(frames)
-    ]
+    return [LoadedImage(f, px, source, i if multi else None, others) for i, f in enumerate(frames)]
 
 
 def resample_square(frame: NDArray[np.uint8], dx_mm: float, dy_mm: float) -> NDArray[np.uint8]:

@@ -37,6 +37,7 @@ def ramanujan_perimeter(a: float, b: float) -> float:
 
     Returns:
         The perimeter, in the units of ``a`` and ``b``.
+
     """
     h = ((a - b) / (a + b)) ** 2 if a + b > 0 else 0.0
     return math.pi * (a + b) * (1.0 + 3.0 * h / (10.0 + math.sqrt(4.0 - 3.0 * h)))
@@ -167,6 +168,7 @@ def fit_ellipse(
 
     Raises:
         ValueError: If fewer than 5 points are given.
+
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if len(pts) < 5:
@@ -206,6 +208,7 @@ def find_head_contour(
     Returns:
         ``(points, area)`` with points as ``(x, y)`` pixel coordinates of the
         map, or ``None`` if no region exceeds the level.
+
     """
     padded = np.pad(np.asarray(prob, dtype=np.float32), 1, constant_values=0.0)
     best: tuple[NDArray[np.float64], float] | None = None

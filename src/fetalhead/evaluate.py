@@ -188,6 +188,7 @@ def evaluate(
 
     Returns:
         The summary dictionary.
+
     """
     import json
 

@@ -29,6 +29,7 @@ class GAEstimate:
         in_range: True when ``weeks`` lies inside the formula's validity range.
         formula: Name of the formula.
         valid_range_weeks: The formula's validity range in weeks.
+
     """
 
     weeks: float

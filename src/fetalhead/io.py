@@ -47,6 +47,7 @@ class LoadedImage:
         frame: Frame index for multi-frame files, else ``None``.
         regions: Calibrated DICOM regions to choose from once the head is found
             (``fetalhead.dicom.CalibratedRegion``); empty when there is one choice.
+
     """
 
     pixels: NDArray[np.uint8]
@@ -89,7 +90,9 @@ def to_uint8_gray(arr: NDArray, *, name: str = "image") -> NDArray[np.uint8]:
 def _check_size(shape: tuple[int, ...], name: str) -> None:
     h, w = shape[:2]
     if h * w > MAX_IMAGE_PIXELS:
-        raise InputError(f"{name}: image is {w}x{h}, larger than the {MAX_IMAGE_PIXELS} pixel limit")
+        raise InputError(
+            f"{name}: image is {w}x{h}, larger than the {MAX_IMAGE_PIXELS} pixel limit"
+        )
     if min(h, w) < MIN_IMAGE_SIDE:
         raise InputError(f"{name}: image is {w}x{h}, smaller than {MIN_IMAGE_SIDE} px on a side")
 
@@ -135,6 +138,7 @@ def read_image_bytes(data: bytes, name: str) -> list[LoadedImage]:
 
     Raises:
         InputError: If the bytes are empty, truncated or not an image.
+
     """
     if not data:
         raise InputError(f"{name}: file is empty")
@@ -150,6 +154,7 @@ def read_image(path: str | os.PathLike[str]) -> list[LoadedImage]:
 
     Raises:
         InputError: If the file cannot be read or decoded; the message names it.
+
     """
     p = Path(path)
     try:
@@ -208,6 +213,7 @@ def read_pixel_size_csv(path: str | os.PathLike[str]) -> PixelSizeTable:
 
     Raises:
         InputError: If the file cannot be read or lacks the needed columns.
+
     """
     p = Path(path)
     try:
@@ -252,9 +258,7 @@ def read_pixel_size_csv(path: str | os.PathLike[str]) -> PixelSizeTable:
 
 
 @contextlib.contextmanager
-def atomic_writer(
-    path: str | os.PathLike[str], mode: Literal["w", "wb"] = "w"
-) -> Iterator[IO]:
+def atomic_writer(path: str | os.PathLike[str], mode: Literal["w", "wb"] = "w") -> Iterator[IO]:
     """Write a file atomically: to a temporary sibling, fsync, then rename.
 
     A crash leaves either the old file or the complete new one, never a part.

@@ -40,6 +40,7 @@ class ModelConfig:
         input_hw: Network input ``(height, width)``; both divisible by ``2**depth``.
         keep_aspect: Letterbox inputs (True) or squash them (False, as the reference).
         normalisation: How pixels are scaled; only ``"divide_255"`` ([0, 1]).
+
     """
 
     start_filters: int = 16
@@ -118,7 +119,9 @@ class ResUNet(nn.Module):
         self.up_levels = nn.ModuleList()
         for i in reversed(range(d)):
             self.up.append(
-                nn.ConvTranspose2d(widths[i + 1], widths[i], 3, stride=2, padding=1, output_padding=1)
+                nn.ConvTranspose2d(
+                    widths[i + 1], widths[i], 3, stride=2, padding=1, output_padding=1
+                )
             )
             # Dropout only at the two deepest decoder levels.
             self.drop_up.append(nn.Dropout(p) if i >= d - 2 else nn.Identity())
@@ -153,6 +156,7 @@ class Checkpoint:
         config: Architecture and input description.
         state_dict: Weights.
         meta: Training-data note, recipe, metrics and anything else worth keeping.
+
     """
 
     config: ModelConfig
@@ -193,6 +197,7 @@ class Checkpoint:
 
         Raises:
             ValueError: If the file is not a fetalhead checkpoint.
+
         """
         try:
             obj = torch.load(Path(path), map_location="cpu", weights_only=True)

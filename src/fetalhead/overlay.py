@@ -46,9 +46,14 @@ def draw_overlay(image: NDArray[np.uint8], m: Measurement) -> NDArray[np.uint8]:
         for semi, ang, color in ((e.a, e.angle, _CYAN), (e.b, e.angle + math.pi / 2, _MAGENTA)):
             dx, dy = semi * math.cos(ang), semi * math.sin(ang)
             cv2.line(
-                out, _pt(e.cx - dx, e.cy - dy), _pt(e.cx + dx, e.cy + dy), color, thick,
-                cv2.LINE_AA, _SHIFT,
-            )  # fmt: skip
+                out,
+                _pt(e.cx - dx, e.cy - dy),
+                _pt(e.cx + dx, e.cy + dy),
+                color,
+                thick,
+                cv2.LINE_AA,
+                _SHIFT,
+            )
     lines = [m.filename if m.frame is None else f"{m.filename} [frame {m.frame}]"]
     if m.hc_mm is not None:
         lines.append(f"HC {m.hc_mm:.1f} mm  BPD {m.bpd_mm:.1f}  OFD {m.ofd_mm:.1f}")
@@ -60,8 +65,16 @@ def draw_overlay(image: NDArray[np.uint8], m: Measurement) -> NDArray[np.uint8]:
     y = 22 * scale
     for text in lines:
         for color, w in (((0, 0, 0), thick + 2), ((255, 255, 255), thick)):
-            cv2.putText(out, text, (8 * scale, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, color, w,
-                        cv2.LINE_AA)  # fmt: skip
+            cv2.putText(
+                out,
+                text,
+                (8 * scale, y),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.6 * scale,
+                color,
+                w,
+                cv2.LINE_AA,
+            )
         y += 24 * scale
     return out
 

@@ -64,6 +64,7 @@ class Measurement:
         confidence: Mean head probability inside the predicted head.
         contour: Boundary points ``(x, y)`` in original pixels.
         error: Human-readable reason when the image could not be measured.
+
     """
 
     filename: str
@@ -225,6 +226,7 @@ def postprocess(
 
     Returns:
         ``(ellipse, contour, confidence, qc_reasons)``.
+
     """
     if method not in ("lowres", "full"):
         raise ValueError(f"postprocess method must be 'lowres' or 'full', got {method!r}")
@@ -249,7 +251,10 @@ def postprocess(
         return None, None, None, ["no_head_found"]
     inside = region > 0.5
     confidence = float(region[inside].mean()) if inside.any() else 0.0
-    if confidence < MIN_CONFIDENCE or fit.rms_residual_px * float(np.mean(lb.scale)) > MAX_FIT_RMS_NET_PX:
+    if (
+        confidence < MIN_CONFIDENCE
+        or fit.rms_residual_px * float(np.mean(lb.scale)) > MAX_FIT_RMS_NET_PX
+    ):
         reasons.append("low_confidence")
     return e, pts, confidence, reasons
 
@@ -261,6 +266,7 @@ class HeadMeasurer:
         >>> m = HeadMeasurer.from_pretrained()          # doctest: +SKIP
         >>> r = m.measure("examples/010_HC.png", 0.12)  # doctest: +SKIP
         >>> r.hc_mm, r.ga_hadlock.weeks, r.qc           # doctest: +SKIP
+
     """
 
     def __init__(
@@ -300,6 +306,7 @@ class HeadMeasurer:
 
         Raises:
             NoWeightsError: If no path is given and no shipped weights exist.
+
         """
         p = Path(path) if path else DEFAULT_WEIGHTS
         if not p.exists():
@@ -371,6 +378,7 @@ class HeadMeasurer:
 
         Raises:
             InputError: If the image cannot be read or the pixel size is invalid.
+
         """
         source = "cli" if pixel_size_mm is not None else None
         if isinstance(image, (str, os.PathLike)):
@@ -427,9 +435,7 @@ def _make_backend(checkpoint: Checkpoint, name: BackendName) -> Backend:
         if onnx_available is not None and onnx_available():
             return OnnxBackend.from_checkpoint(checkpoint)
         if name == "onnx":
-            raise RuntimeError(
-                "the onnx backend needs ONNX Runtime: pip install 'fetalhead[onnx]'"
-            )
+            raise RuntimeError("the onnx backend needs ONNX Runtime: pip install 'fetalhead[onnx]'")
     return TorchBackend(checkpoint)
 
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from fetalhead.data import Case, CachedCases, Letterbox, find_cases, split_by_prefix
+from fetalhead.data import CachedCases, Case, Letterbox, find_cases, split_by_prefix
 from fetalhead.ellipse import find_head_contour, fit_ellipse
 from fetalhead.io import atomic_write_bytes, atomic_writer
 from fetalhead.model import Checkpoint, ModelConfig, ResUNet
@@ -67,6 +67,7 @@ class TrainConfig:
         num_threads: Torch CPU threads (``None``: all cores).
         progress: Show progress bars.
         data_note: Free text about the data, stored in the checkpoint.
+
     """
 
     data: str = ""
@@ -317,6 +318,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
     Returns:
         The run folder, best validation Dice and per-epoch history.
+
     """
     device = _resolve_device(cfg.device)
     info = _setup_distributed(device)
@@ -352,7 +354,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     augment = build_augmentation(cfg.seed) if cfg.augment else None
     train_ds = HeadDataset(train_cache, augment)
     sampler = DistributedSampler(
-        train_ds, num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=False
+        train_ds,
+        num_replicas=info.world,
+        rank=info.rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=False,
     )
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=0)
     # Each rank validates its own share of the cases, each case exactly once.
@@ -435,9 +442,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             for j in range(0, len(val_idx), cfg.batch_size):
                 idx = val_idx[j : j + cfg.batch_size]
                 x = torch.stack(
-                    [torch.from_numpy(val_cache.images[i].astype(np.float32) / 255.0)[None] for i in idx]
+                    [
+                        torch.from_numpy(val_cache.images[i].astype(np.float32) / 255.0)[None]
+                        for i in idx
+                    ]
                 ).to(device)
-                y = torch.stack([torch.from_numpy(val_cache.targets[i])[None] for i in idx]).to(device)
+                y = torch.stack([torch.from_numpy(val_cache.targets[i])[None] for i in idx]).to(
+                    device
+                )
                 logits = model(x).float()
                 v[0] += float(compute_loss(logits, y, cfg.loss)) * len(idx)
                 v[1] += float(hard_dice(logits, y).sum())
@@ -465,10 +477,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         best = max(best, score)
         if info.main:
             logger.info(
-                "epoch %d: train loss %.4f dice %.4f | val loss %.4f dice %.4f ADF %.2f mm | %.0f s",
-                epoch, log.train_loss, log.train_dice, log.val_loss, log.val_dice,
-                log.val_adf_mm, log.seconds,
-            )  # fmt: skip
+                "epoch %d: train loss %.4f dice %.4f | val loss %.4f dice %.4f "
+                "ADF %.2f mm | %.0f s",
+                epoch,
+                log.train_loss,
+                log.train_dice,
+                log.val_loss,
+                log.val_dice,
+                log.val_adf_mm,
+                log.seconds,
+            )
             meta = {
                 "data_note": cfg.data_note or f"trained on {cfg.data}",
                 "split": {

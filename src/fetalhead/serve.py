@@ -1,0 +1,275 @@
+"""Web page and REST API (``pip install fetalhead[serve]``; ``fetalhead serve``).
+
+Uploads are held in memory only (Starlette may spool large multipart bodies to
+the system temporary folder); file names are never used for paths. Inference
+runs in a worker thread, bounded by a semaphore and a timeout, so the event
+loop stays responsive and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fetalhead import __version__
+from fetalhead.io import InputError, looks_like_dicom, read_image_bytes, validate_pixel_size
+from fetalhead.predict import HeadMeasurer, Measurement
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+ALLOWED_TYPES = {
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "application/dicom",
+    "application/octet-stream",
+    "",
+}
+TOKEN_ENV = "FETALHEAD_API_TOKEN"
+
+
+@dataclass
+class ServeSettings:
+    """Limits of the web service.
+
+    Attributes:
+        max_upload_mb: Largest accepted request body.
+        timeout_s: Longest time one measurement may take.
+        max_concurrent: Measurements running at once.
+        max_results: Overlays kept in memory for ``GET .../overlay.png``.
+        token: Bearer token required on ``/api/`` routes (default: ``$FETALHEAD_API_TOKEN``).
+
+    """
+
+    max_upload_mb: float = 32.0
+    timeout_s: float = 60.0
+    max_concurrent: int = 2
+    max_results: int = 64
+    token: str | None = field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None)
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 when a request body exceeds the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = JSONResponse(
+            {"detail": f"upload larger than {self.max_bytes // 2**20} MB"}, status_code=413
+        )
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await too_big(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await too_big(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _sniff(data: bytes) -> str | None:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if looks_like_dicom(data):
+        return "dicom"
+    return None
+
+
+def _result_json(m: Measurement, rid: str, model_version: str) -> dict[str, Any]:
+    row = m.to_row()
+    gh, gi = m.ga_hadlock, m.ga_intergrowth
+    return {
+        "id": rid,
+        "filename": m.filename,
+        "qc": m.qc,
+        "ellipse": {
+            k: row[k]
+            for k in ("center_x_mm", "center_y_mm", "semi_axes_a_mm", "semi_axes_b_mm", "angle_rad")
+        },
+        "hc_mm": m.hc_mm,
+        "bpd_mm": m.bpd_mm,
+        "ofd_mm": m.ofd_mm,
+        "ga": {
+            g.formula: {
+                "weeks": g.weeks,
+                "in_range": g.in_range,
+                "valid_range_weeks": g.valid_range_weeks,
+            }
+            for g in (gh, gi)
+            if g is not None
+        },
+        "pixel_size_mm": m.pixel_size_mm,
+        "pixel_size_source": m.pixel_size_source,
+        "confidence": m.confidence,
+        "overlay_url": f"/api/v1/measure/{rid}/overlay.png",
+        "model_version": model_version,
+    }
+
+
+def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) -> FastAPI:
+    """Build the FastAPI application around a loaded measurer."""
+    from fetalhead.overlay import draw_overlay, encode_png
+
+    settings = settings or ServeSettings()
+    app = FastAPI(
+        title="fetalhead",
+        version=__version__,
+        description="Foetal head biometry (HC, BPD, OFD, GA) from 2D ultrasound. "
+        "Research use only, not a medical device.",
+    )
+    overlays: OrderedDict[str, bytes] = OrderedDict()
+    lock = threading.Lock()
+    slots = asyncio.Semaphore(settings.max_concurrent)
+    model_info = measurer.describe()
+    model_version = f"fetalhead {__version__} / weights {str(model_info['weights_sha256'])[:12]}"
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if settings.token and request.url.path.startswith("/api/"):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given, f"Bearer {settings.token}"):
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
+        return await call_next(request)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/v1/model")
+    async def model() -> dict[str, Any]:
+        return {**model_info, "model_version": model_version, "card": _card_summary(measurer)}
+
+    def work(data: bytes, px: float | None) -> tuple[dict[str, Any], bytes]:
+        frame = read_image_bytes(data, "upload")[0]
+        m = measurer.measure(frame, px, filename="upload")
+        if m.pixel_size_mm is None:
+            raise InputError(
+                "upload: no pixel size; give pixel_size_mm (the image carries no calibration)"
+            )
+        return _result_json(m, "", model_version), encode_png(draw_overlay(frame.pixels, m))
+
+    @app.post("/api/v1/measure")
+    async def measure(
+        file: UploadFile = File(..., description="PNG, JPEG or DICOM image"),
+        pixel_size_mm: str | None = Form(None, description="pixel size in mm"),
+    ) -> dict[str, Any]:
+        ctype = (file.content_type or "").split(";")[0].strip().lower()
+        if ctype not in ALLOWED_TYPES:
+            raise HTTPException(415, f"unsupported content type {ctype!r}; send PNG, JPEG or DICOM")
+        data = await file.read()
+        if not data:
+            raise HTTPException(400, "upload is empty")
+        if _sniff(data) is None:
+            raise HTTPException(415, "upload is not a PNG, JPEG or DICOM file")
+        px = None
+        if pixel_size_mm not in (None, ""):
+            try:
+                px = validate_pixel_size(pixel_size_mm, "pixel_size_mm")
+            except InputError as exc:
+                raise HTTPException(422, str(exc)) from None
+        async with slots:
+            try:
+                result, png = await asyncio.wait_for(
+                    asyncio.to_thread(work, data, px), timeout=settings.timeout_s
+                )
+            except InputError as exc:
+                raise HTTPException(422, str(exc)) from None
+            except asyncio.TimeoutError:
+                raise HTTPException(
+                    408, f"measuring took longer than {settings.timeout_s} s"
+                ) from None
+        rid = uuid.uuid4().hex
+        result["id"] = rid
+        result["overlay_url"] = f"/api/v1/measure/{rid}/overlay.png"
+        with lock:
+            overlays[rid] = png
+            while len(overlays) > settings.max_results:
+                overlays.popitem(last=False)
+        return result
+
+    @app.get("/api/v1/measure/{rid}/overlay.png")
+    async def overlay(rid: str) -> Response:
+        with lock:
+            png = overlays.get(rid)
+        if png is None:
+            raise HTTPException(404, "no such measurement (results are kept in memory for a while)")
+        return Response(png, media_type="image/png")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+    return app
+
+
+def _card_summary(measurer: HeadMeasurer) -> str | None:
+    if measurer.weights_path is None:
+        return None
+    card = measurer.weights_path.with_name("MODEL_CARD.md")
+    if not card.exists():
+        return None
+    text = card.read_text(encoding="utf-8")
+    return text.split("\n## ", 2)[0].strip()[:2000]
+
+
+def serve(
+    weights: str | None = None, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto"
+) -> None:
+    """Run the web app with uvicorn (binds to loopback unless told otherwise)."""
+    import uvicorn
+
+    measurer = HeadMeasurer.from_pretrained(weights, backend=backend)  # type: ignore[arg-type]
+    app = create_app(measurer)
+    logger.info("serving on http://%s:%d (OpenAPI docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="info")

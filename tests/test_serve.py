@@ -1,0 +1,241 @@
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, TINY
+
+pytest.importorskip("fastapi")
+import httpx
+import uvicorn
+from fastapi.testclient import TestClient
+
+from fetalhead.ellipse import Ellipse, render_ellipse_coverage
+from fetalhead.model import Checkpoint, ResUNet
+from fetalhead.predict import HeadMeasurer
+from fetalhead.serve import ServeSettings, create_app
+from test_dicom import make_dicom, region
+
+PNG = (EXAMPLES / "054_HC.png").read_bytes()
+
+
+class FixedHead:
+    """A backend that always sees the same head in the middle of the input."""
+
+    name = "fixed"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        h, w = batch.shape[-2:]
+        cov = render_ellipse_coverage(Ellipse(w / 2, h / 2, w / 4, h / 4, 0.3), (h, w))
+        return np.repeat(cov[None], len(batch), axis=0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def measurer() -> HeadMeasurer:
+    m = HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch")
+    m.backend = FixedHead()
+    return m
+
+
+@pytest.fixture(scope="module")
+def client(measurer) -> TestClient:
+    return TestClient(create_app(measurer, ServeSettings(max_upload_mb=1, token=None)))
+
+
+def post(client, data: bytes, ctype="image/png", px: str | None = "0.1", name="x.png"):
+    form = {"pixel_size_mm": px} if px is not None else {}
+    return client.post("/api/v1/measure", files={"file": (name, data, ctype)}, data=form)
+
+
+def test_health_model_page_and_docs(client) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    info = client.get("/api/v1/model").json()
+    assert info["architecture"] == "ResUNet" and "model_version" in info
+    page = client.get("/")
+    assert page.status_code == 200 and "fetalhead" in page.text
+    # Works offline: no script, style or image from another host.
+    assert 'src="http' not in page.text and 'href="http' not in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert "/api/v1/measure" in client.get("/openapi.json").text
+
+
+def test_measure_png_and_overlay(client, measurer) -> None:
+    r = post(client, PNG)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    expected = measurer.measure(
+        np.asarray(__import__("PIL.Image").Image.open(io.BytesIO(PNG))), 0.1
+    )
+    assert d["hc_mm"] == pytest.approx(expected.hc_mm, rel=1e-6)
+    assert set(d["ellipse"]) == {
+        "center_x_mm",
+        "center_y_mm",
+        "semi_axes_a_mm",
+        "semi_axes_b_mm",
+        "angle_rad",
+    }
+    assert d["pixel_size_source"] == "cli" and d["qc"] in ("ok", "low_confidence")
+    assert set(d["ga"]) == {"hadlock_1984", "intergrowth_21st"}
+    assert "in_range" in d["ga"]["hadlock_1984"]
+    ov = client.get(d["overlay_url"])
+    assert ov.status_code == 200 and ov.content.startswith(b"\x89PNG")
+    assert client.get("/api/v1/measure/nope/overlay.png").status_code == 404
+
+
+def test_dicom_upload_uses_its_calibration(client, tmp_path) -> None:
+    img = np.random.default_rng(0).integers(0, 255, (270, 400), np.uint8)
+    data = make_dicom(tmp_path / "a.dcm", img, [region(0, 0, 399, 269, 0.015, 0.015)]).read_bytes()
+    d = post(client, data, "application/dicom", px=None, name="a.dcm").json()
+    assert d["pixel_size_source"] == "dicom-region" and d["pixel_size_mm"] == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize(
+    ("data", "ctype", "px", "status", "message"),
+    [
+        (PNG, "image/png", None, 422, "pixel_size_mm"),
+        (PNG, "image/png", "-2", 422, "positive"),
+        (PNG, "image/png", "abc", 422, "not a number"),
+        (b"", "image/png", "0.1", 400, "empty"),
+        (b"hello world, not an image" * 4, "image/png", "0.1", 415, "not a PNG"),
+        (PNG, "text/plain", "0.1", 415, "content type"),
+        (PNG[:2000], "image/png", "0.1", 422, "upload"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "image/png", "0.1", 422, "upload"),
+    ],
+)
+def test_bad_uploads_get_4xx_with_message(client, data, ctype, px, status, message) -> None:
+    r = post(client, data, ctype, px)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+def test_upload_size_limit(client) -> None:
+    r = post(client, PNG + b"\x00" * (2 * 2**20))
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+
+def test_token_required_when_configured(measurer) -> None:
+    c = TestClient(create_app(measurer, ServeSettings(token="s3cret")))
+    assert post(c, PNG).status_code == 401
+    assert c.get("/healthz").status_code == 200
+    r = c.post(
+        "/api/v1/measure",
+        files={"file": ("x.png", PNG, "image/png")},
+        data={"pixel_size_mm": "0.1"},
+        headers={"Authorization": "Bearer s3cret"},
+    )
+    assert r.status_code == 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(measurer):
+    port = free_port()
+    app = create_app(measurer, ServeSettings(max_upload_mb=4, timeout_s=30, token=None))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    t.join(10)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_load_200_requests_8_clients(live_server, measurer) -> None:
+    from PIL import Image
+
+    expected = measurer.measure(np.asarray(Image.open(io.BytesIO(PNG))), 0.1).hc_mm
+    bad = [
+        (b"junk" * 50, "image/png", "0.1"),
+        (PNG, "image/png", "-1"),
+        (PNG[:3000], "image/png", "0.1"),
+    ]
+    jobs = [(PNG, "image/png", "0.1") if i % 2 == 0 else bad[i % 3] for i in range(200)]
+
+    def one(job):
+        data, ctype, px = job
+        with httpx.Client(base_url=live_server, timeout=60) as c:
+            r = c.post(
+                "/api/v1/measure",
+                files={"file": ("u.png", data, ctype)},
+                data={"pixel_size_mm": px},
+            )
+            return job, r.status_code, r.json()
+
+    one(jobs[0])  # warm up
+    before = rss_mb()
+    t0 = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, jobs))
+    assert time.time() - t0 < 300
+    assert not [s for _, s, _ in results if s >= 500]
+    for (data, _, px), status, body in results:
+        if data is PNG and px == "0.1":
+            assert status == 200 and body["hc_mm"] == pytest.approx(expected, rel=1e-6)
+        else:
+            assert 400 <= status < 500
+    assert rss_mb() - before < 200
+
+
+def test_slow_client_does_not_block_others(live_server) -> None:
+    host, port = live_server.removeprefix("http://").split(":")
+    slow = socket.create_connection((host, int(port)))
+    slow.sendall(
+        b"POST /api/v1/measure HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=zz\r\n\r\n--zz\r\n"
+    )
+    try:
+        t0 = time.time()
+        r = httpx.get(f"{live_server}/healthz", timeout=5)
+        assert r.status_code == 200 and time.time() - t0 < 2
+    finally:
+        slow.close()
+
+
+@pytest.mark.browser
+def test_browser_end_to_end(live_server, tmp_path) -> None:
+    pw = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(live_server)
+        page.set_input_files("#file", str(EXAMPLES / "054_HC.png"))
+        page.fill("#pixel", "0.0973")
+        page.click("#measure")
+        page.wait_for_selector("#hc-value", timeout=30000)
+        hc = page.text_content("#hc-value")
+        assert hc and hc.endswith("mm") and float(hc.split()[0]) > 0
+        page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+        assert page.locator("#table tbody tr").count() == 1
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
