@@ -1,0 +1,188 @@
+"""End-to-end prediction benchmark: backends and settings side by side, in one run.
+
+Usage (from the repository root, after ``bash scripts/setup.sh``):
+
+    .venv/bin/python benchmarks/bench_predict.py                 # shipped weights, examples/
+    .venv/bin/python benchmarks/bench_predict.py --images ../shared/data/hc18/test_set --n 200
+
+Prints images/s and per-stage time (decode, preprocess, model, post-process)
+for each variant, its speed-up over the PyTorch eager fp32 batch-1 baseline,
+the largest HC difference from that baseline, the model's FLOPs per image and
+the achieved GFLOP/s, and the peak resident memory of ``fetalhead predict`` on
+a 1,000-image folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fetalhead.batch import prefetch
+from fetalhead.io import read_gray
+from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer, TorchBackend, postprocess, preprocess
+
+
+@dataclass
+class Variant:
+    name: str
+    backend: str
+    batch: int
+    channels_last: bool
+    post: str
+    threaded_decode: bool
+
+
+VARIANTS = [
+    Variant("torch eager fp32, batch 1 (baseline)", "torch", 1, False, "full", False),
+    Variant("torch fp32, batch 8, channels_last", "torch", 8, True, "lowres", True),
+    Variant("onnxruntime fp32, batch 1", "onnx", 1, False, "lowres", True),
+    Variant("onnxruntime fp32, batch 8", "onnx", 8, False, "lowres", True),
+]
+
+
+def run_variant(
+    v: Variant, weights: Path, files: list[Path], px: float
+) -> tuple[dict[str, float], list[float]]:
+    m = HeadMeasurer.from_pretrained(weights, backend=v.backend, postprocess=v.post)
+    if v.backend == "torch":
+        m.backend = TorchBackend(m.checkpoint, channels_last=v.channels_last)
+    cfg = m.config
+    # warm-up
+    x, _ = preprocess(read_gray(files[0]), cfg)
+    m._probabilities(np.stack([x] * v.batch)[:, None])
+    stages = dict.fromkeys(("decode", "preprocess", "model", "post"), 0.0)
+    hcs: list[float] = []
+
+    def decode(p: Path) -> tuple[np.ndarray, float]:
+        t = time.perf_counter()
+        img = read_gray(p)
+        return img, time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    decoded = (
+        prefetch(files, decode, workers=2, ahead=2 * v.batch)
+        if v.threaded_decode
+        else map(decode, files)
+    )
+    it = iter(decoded)
+    while chunk := list(itertools.islice(it, v.batch)):
+        stages["decode"] += sum(dt for _, dt in chunk)
+        t = time.perf_counter()
+        prepared = [preprocess(img, cfg) for img, _ in chunk]
+        batch = np.stack([p[0] for p in prepared])[:, None]
+        stages["preprocess"] += time.perf_counter() - t
+        t = time.perf_counter()
+        probs = m._probabilities(batch)
+        stages["model"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for prob, (_, lb) in zip(probs, prepared, strict=True):
+            e, _, _, _ = postprocess(prob, lb, v.post)  # type: ignore[arg-type]
+            hcs.append(e.perimeter * px if e is not None else float("nan"))
+        stages["post"] += time.perf_counter() - t
+    total = time.perf_counter() - t0
+    n = len(files)
+    return {"total": total, "ips": n / total, **{k: 1000 * s / n for k, s in stages.items()}}, hcs
+
+
+def model_flops(weights: Path) -> float:
+    m = HeadMeasurer.from_pretrained(weights, backend="torch")
+    h, w = m.config.input_hw
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        m.backend.model(torch.zeros(1, 1, h, w))
+    return float(counter.get_total_flops())
+
+
+def peak_rss_mb(weights: Path, source: list[Path], n: int, backend: str) -> float:
+    """Peak RSS of a ``fetalhead predict`` child process on an n-image folder."""
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d) / "images"
+        folder.mkdir()
+        for i in range(n):
+            src = source[i % len(source)]
+            try:
+                os.link(src, folder / f"{i:05d}_HC.png")
+            except OSError:
+                (folder / f"{i:05d}_HC.png").write_bytes(src.read_bytes())
+        cmd = [
+            sys.executable, "-m", "fetalhead.cli", "predict", str(folder), "--out",
+            str(Path(d) / "out"), "--pixel-size", "0.1", "--weights", str(weights),
+            "--backend", backend, "--no-progress", "--quiet",
+        ]  # fmt: skip
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        return max(before, after) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--images", type=Path, default=Path("examples"))
+    ap.add_argument("--n", type=int, default=96, help="images per variant (repeats the folder)")
+    ap.add_argument("--memory-n", type=int, default=1000, help="folder size for peak RSS (0: skip)")
+    ap.add_argument("--pixel-size", type=float, default=0.1)
+    args = ap.parse_args()
+
+    source = sorted(p for p in args.images.glob("*.png") if not p.name.endswith("_Annotation.png"))
+    files = [source[i % len(source)] for i in range(args.n)]
+    print(f"# bench_predict: {len(files)} images from {args.images}, weights {args.weights}")
+    print(
+        f"# {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {time.strftime('%Y-%m-%d')}"
+    )
+    flops = model_flops(args.weights)
+    print(f"# model: {flops / 1e9:.2f} GFLOP per image (FLOPs counted by torch, 2 per MAC)\n")
+
+    results = []
+    try:
+        import onnxruntime  # noqa: F401
+
+        variants = VARIANTS
+    except ImportError:
+        variants = [v for v in VARIANTS if v.backend == "torch"]
+        print("# onnxruntime not installed: ONNX rows skipped (pip install 'fetalhead[onnx]')")
+    for v in variants:
+        stats, hcs = run_variant(v, args.weights, files, args.pixel_size)
+        results.append((v, stats, np.asarray(hcs)))
+
+    base_stats, base_hc = results[0][1], results[0][2]
+    header = (
+        f"| {'variant':<40} | img/s | speed-up | decode ms | preprocess ms | model ms "
+        f"| post ms | model GFLOP/s | max abs ΔHC vs baseline (mm) |"
+    )
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for v, s, hc in results:
+        both = np.isfinite(hc) & np.isfinite(base_hc)
+        dhc = float(np.max(np.abs(hc[both] - base_hc[both]))) if both.any() else float("nan")
+        gflops = flops / (s["model"] / 1000) / 1e9
+        print(
+            f"| {v.name:<40} | {s['ips']:5.1f} | {s['ips'] / base_stats['ips']:7.2f}x "
+            f"| {s['decode']:9.1f} | {s['preprocess']:13.1f} | {s['model']:8.1f} "
+            f"| {s['post']:7.1f} | {gflops:13.1f} | {dhc:28.3f} |"
+        )
+    print(
+        "\nStage times are per image; decode overlaps inference when threaded, so "
+        "stages can sum to more than 1000/img/s."
+    )
+    if args.memory_n:
+        for backend in ("torch", "onnx") if len(variants) > 2 else ("torch",):
+            rss = peak_rss_mb(args.weights, source, args.memory_n, backend)
+            print(f"peak RSS, fetalhead predict on {args.memory_n} images ({backend}): {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
