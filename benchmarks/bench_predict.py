@@ -46,9 +46,10 @@ class Variant:
 
 VARIANTS = [
     Variant("torch eager fp32, batch 1 (baseline)", "torch", 1, False, "full", False),
-    Variant("torch fp32, batch 8, channels_last", "torch", 8, True, "lowres", True),
-    Variant("onnxruntime fp32, batch 1", "onnx", 1, False, "lowres", True),
-    Variant("onnxruntime fp32, batch 8", "onnx", 8, False, "lowres", True),
+    Variant("torch fp32, batch 8, channels_last", "torch", 8, True, "full", True),
+    Variant("onnxruntime fp32, batch 1", "onnx", 1, False, "full", True),
+    Variant("onnxruntime fp32, batch 8 (CLI default)", "onnx", 8, False, "full", True),
+    Variant("onnxruntime fp32, batch 8, lowres post", "onnx", 8, False, "lowres", True),
 ]
 
 

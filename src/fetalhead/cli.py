@@ -99,9 +99,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--postprocess",
         choices=["lowres", "full"],
-        default="lowres",
-        help="ellipse from the network-resolution contour (lowres, default) "
-        "or from the map upsampled to full resolution",
+        default="full",
+        help="ellipse from the probability map upsampled to full resolution (full, default) "
+        "or from the sub-pixel contour of the network-resolution map (lowres, faster)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="images per network batch")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
@@ -122,7 +122,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="val: the checkpoint's validation files; all: every labelled image",
     )
     p.add_argument("--tta", action="store_true", help="average with a left-right flipped pass")
-    p.add_argument("--postprocess", choices=["lowres", "full"], default="lowres")
+    p.add_argument("--postprocess", choices=["lowres", "full"], default="full")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
     p.add_argument("--no-progress", action="store_true")
 

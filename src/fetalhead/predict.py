@@ -215,7 +215,7 @@ def _border_fraction(points: NDArray[np.float64], h: int, w: int, tol: float) ->
 def postprocess(
     prob: NDArray[np.float32],
     lb: Letterbox,
-    method: PostprocessName = "lowres",
+    method: PostprocessName = "full",
 ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
     """Turn a network probability map into an ellipse in original pixels.
 
@@ -275,7 +275,7 @@ class HeadMeasurer:
         *,
         backend: BackendName = "auto",
         tta: bool = False,
-        postprocess: PostprocessName = "lowres",
+        postprocess: PostprocessName = "full",
         threads: int | None = None,
         weights_path: Path | None = None,
     ) -> None:

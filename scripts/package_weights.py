@@ -1,0 +1,49 @@
+"""Package a trained checkpoint as the shipped weights, with its evaluation attached.
+
+Usage:
+    .venv/bin/python scripts/package_weights.py RUN_DIR EVAL_DIR [--out src/fetalhead/weights/hc18_resunet16.pt]
+
+Reads RUN_DIR/best.pt and RUN_DIR/log.csv (training wall time) and
+EVAL_DIR/summary.json (from ``fetalhead evaluate``), and stores them together in
+the checkpoint's metadata so that the weights describe themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from fetalhead.model import Checkpoint, count_parameters
+from fetalhead.predict import DEFAULT_WEIGHTS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("eval_dir", type=Path)
+    ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    args = ap.parse_args()
+
+    ck = Checkpoint.load(args.run_dir / "best.pt")
+    with open(args.run_dir / "log.csv", newline="") as fh:
+        log = list(csv.DictReader(fh))
+    summary = json.loads((args.eval_dir / "summary.json").read_text())
+    ck.meta["training_wall_time_s"] = round(sum(float(r["seconds"]) for r in log), 1)
+    ck.meta["epochs_run"] = len(log)
+    ck.meta["parameters"] = count_parameters(ck.build())
+    ck.meta["evaluation"] = {
+        k: summary[k] for k in ("split", "n_images", "n_no_head", "dsc", "hd_mm", "df_mm", "adf_mm")
+    }
+    ck.meta["evaluation"]["adf_by_trimester"] = summary["adf_by_trimester"]
+    ck.meta["licence_note"] = (
+        "Trained on HC18 (van den Heuvel et al. 2018, doi:10.5281/zenodo.1327317), CC BY 4.0."
+    )
+    ck.save(args.out)
+    size_mb = args.out.stat().st_size / 2**20
+    print(f"wrote {args.out} ({size_mb:.1f} MB), epoch {ck.meta.get('epoch')}")
+
+
+if __name__ == "__main__":
+    main()
