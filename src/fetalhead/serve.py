@@ -190,11 +190,11 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
 
     def work(data: bytes, px: float | None) -> tuple[dict[str, Any], bytes]:
         frame = read_image_bytes(data, "upload")[0]
-        m = measurer.measure(frame, px, filename="upload")
-        if m.pixel_size_mm is None:
+        if px is None and frame.pixel_size_mm is None:
             raise InputError(
                 "upload: no pixel size; give pixel_size_mm (the image carries no calibration)"
             )
+        m = measurer.measure(frame, px, filename="upload")
         return _result_json(m, "", model_version), encode_png(draw_overlay(frame.pixels, m))
 
     @app.post("/api/v1/measure")
