@@ -88,3 +88,11 @@ class OracleBackend:
             valid = lb.apply(np.ones((h, w), np.uint8), cv2.INTER_NEAREST)
             out.append(render_ellipse_coverage(lb.ellipse_to_net(e), self.cfg.input_hw) * valid)
         return np.stack(out).astype(np.float32)
+
+
+def predict_cli(inputs: list, out: Path, weights: Path, *extra: str) -> int:
+    """Run ``fetalhead predict`` in-process with the usual test options."""
+    from fetalhead.cli import main
+
+    args = ["predict", *map(str, inputs), "--out", str(out), "--weights", str(weights)]
+    return main([*args, "--no-progress", *extra])

@@ -8,8 +8,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
 
-from conftest import TINY, OracleBackend, synthetic_scan
-from fetalhead.cli import main
+from conftest import TINY, OracleBackend, predict_cli, synthetic_scan
 from fetalhead.ellipse import Ellipse
 from fetalhead.io import InputError, read_image
 from fetalhead.model import Checkpoint, ResUNet
@@ -125,19 +124,7 @@ def test_uncalibrated_dicom_is_never_measured_in_pixels(tiny_checkpoint, tmp_pat
     src.mkdir()
     make_dicom(src / "nocal.dcm", np.zeros((100, 120), np.uint8))
     make_dicom(src / "cal.dcm", np.zeros((100, 120), np.uint8), [region(0, 0, 119, 99, 0.01, 0.01)])
-    rc = main(
-        [
-            "predict",
-            str(src),
-            "--out",
-            str(tmp_path / "o"),
-            "--weights",
-            str(tiny_checkpoint),
-            "--backend",
-            "torch",
-            "--no-progress",
-        ]
-    )
+    rc = predict_cli([src], tmp_path / "o", tiny_checkpoint, "--backend", "torch")
     assert rc == 0
     rows = {r["filename"]: r for r in csv.DictReader(open(tmp_path / "o" / "predictions.csv"))}
     assert rows["nocal.dcm"]["qc"] == "no_pixel_size"
@@ -147,18 +134,8 @@ def test_uncalibrated_dicom_is_never_measured_in_pixels(tiny_checkpoint, tmp_pat
 
 
 def test_cli_multiframe_rows_have_frames(tiny_checkpoint, tmp_path) -> None:
-    rc = main(
-        [
-            "predict",
-            str(examples.get_path("ybr_color")),
-            "--out",
-            str(tmp_path / "o"),
-            "--weights",
-            str(tiny_checkpoint),
-            "--backend",
-            "torch",
-            "--no-progress",
-        ]
+    rc = predict_cli(
+        [examples.get_path("ybr_color")], tmp_path / "o", tiny_checkpoint, "--backend", "torch"
     )
     assert rc == 0
     rows = list(csv.DictReader(open(tmp_path / "o" / "predictions.csv")))

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, MINI, TINY, OracleBackend, synthetic_scan
+from conftest import EXAMPLES, MINI, TINY, OracleBackend, predict_cli, synthetic_scan
 from fetalhead.batch import collect_inputs
 from fetalhead.cli import main
 from fetalhead.data import find_cases, label_ellipse
@@ -96,24 +96,18 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def test_cli_predict_end_to_end_with_tiny_model(tiny_checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    rc = main(
-        [
-            "predict",
-            str(MINI),
-            "--out",
-            str(out),
-            "--weights",
-            str(tiny_checkpoint),
-            "--pixel-size-csv",
-            str(MINI / "pixel_size_and_HC.csv"),
-            "--overlays",
-            "--save-masks",
-            "--submission",
-            str(out / "submission.csv"),
-            "--backend",
-            "torch",
-            "--no-progress",
-        ]
+    rc = predict_cli(
+        [MINI],
+        out,
+        tiny_checkpoint,
+        "--pixel-size-csv",
+        str(MINI / "pixel_size_and_HC.csv"),
+        "--overlays",
+        "--save-masks",
+        "--submission",
+        str(out / "submission.csv"),
+        "--backend",
+        "torch",
     )
     assert rc == 0
     rows = read_rows(out / "predictions.csv")
@@ -135,17 +129,7 @@ def test_cli_predict_end_to_end_with_tiny_model(tiny_checkpoint, tmp_path, capsy
 
 def test_cli_skips_label_files_and_needs_pixel_size(tiny_checkpoint, tmp_path, capsys) -> None:
     assert [f.name for f in collect_inputs([MINI])] == ["052_HC.png", "433_HC.png", "788_2HC.png"]
-    rc = main(
-        [
-            "predict",
-            str(MINI / "052_HC.png"),
-            "--out",
-            str(tmp_path / "o"),
-            "--weights",
-            str(tiny_checkpoint),
-            "--no-progress",
-        ]
-    )
+    rc = predict_cli([MINI / "052_HC.png"], tmp_path / "o", tiny_checkpoint)
     assert rc == 1  # nothing could be measured
     rows = read_rows(tmp_path / "o" / "predictions.csv")
     assert rows[0]["qc"] == "no_pixel_size" and "052_HC.png: no pixel size" in rows[0]["error"]
@@ -158,19 +142,7 @@ def test_batch_goes_on_after_bad_files(tiny_checkpoint, tmp_path, caplog) -> Non
     (src / "002_HC.png").write_bytes(b"")
     (src / "003_HC.png").write_bytes(b"not an image at all")
     (src / "004_HC.png").write_bytes((EXAMPLES / "054_HC.png").read_bytes()[:3000])
-    rc = main(
-        [
-            "predict",
-            str(src),
-            "--out",
-            str(tmp_path / "o"),
-            "--pixel-size",
-            "0.1",
-            "--weights",
-            str(tiny_checkpoint),
-            "--no-progress",
-        ]
-    )
+    rc = predict_cli([src], tmp_path / "o", tiny_checkpoint, "--pixel-size", "0.1")
     assert rc == 0
     rows = {r["filename"]: r for r in read_rows(tmp_path / "o" / "predictions.csv")}
     assert rows["001_HC.png"]["qc"] != "unreadable"
@@ -188,17 +160,7 @@ def test_batch_goes_on_after_bad_files(tiny_checkpoint, tmp_path, caplog) -> Non
     ],
 )
 def test_cli_bad_options_are_one_line_errors(tiny_checkpoint, tmp_path, capsys, args, message):
-    rc = main(
-        [
-            "predict",
-            str(MINI),
-            "--out",
-            str(tmp_path / "o"),
-            "--weights",
-            str(tiny_checkpoint),
-            *args,
-        ]
-    )
+    rc = predict_cli([MINI], tmp_path / "o", tiny_checkpoint, *args)
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err
@@ -207,38 +169,13 @@ def test_cli_bad_options_are_one_line_errors(tiny_checkpoint, tmp_path, capsys, 
 def test_empty_folder_and_existing_output(tiny_checkpoint, tmp_path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert (
-        main(
-            [
-                "predict",
-                str(tmp_path / "empty"),
-                "--out",
-                str(tmp_path / "o"),
-                "--pixel-size",
-                "0.1",
-                "--weights",
-                str(tiny_checkpoint),
-            ]
-        )
+        predict_cli([tmp_path / "empty"], tmp_path / "o", tiny_checkpoint, "--pixel-size", "0.1")
         == 2
     )
     assert "no images found" in capsys.readouterr().err
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "keep.txt").write_text("x")
-    assert (
-        main(
-            [
-                "predict",
-                str(MINI),
-                "--out",
-                str(tmp_path / "o"),
-                "--pixel-size",
-                "0.1",
-                "--weights",
-                str(tiny_checkpoint),
-            ]
-        )
-        == 2
-    )
+    assert predict_cli([MINI], tmp_path / "o", tiny_checkpoint, "--pixel-size", "0.1") == 2
     assert "--resume" in capsys.readouterr().err
     assert (tmp_path / "o" / "keep.txt").read_text() == "x"
 
@@ -247,21 +184,7 @@ def test_output_inside_input_is_refused(tiny_checkpoint, tmp_path, capsys) -> No
     src = tmp_path / "in"
     src.mkdir()
     cv2.imwrite(str(src / "a.png"), np.zeros((64, 64), np.uint8))
-    assert (
-        main(
-            [
-                "predict",
-                str(tmp_path),
-                "--out",
-                str(src),
-                "--pixel-size",
-                "0.1",
-                "--weights",
-                str(tiny_checkpoint),
-            ]
-        )
-        == 2
-    )
+    assert predict_cli([tmp_path], src, tiny_checkpoint, "--pixel-size", "0.1") == 2
     assert "contains the input" in capsys.readouterr().err
 
 
@@ -272,22 +195,7 @@ def test_names_with_spaces_unicode_and_symlink_loops(tiny_checkpoint, tmp_path) 
     os.symlink(src, src / "sub dir" / "loop")
     files = collect_inputs([src])
     assert [f.name for f in files] == ["sub dir/kopf 1 é.png"]
-    assert (
-        main(
-            [
-                "predict",
-                str(src),
-                "--out",
-                str(tmp_path / "o"),
-                "--pixel-size",
-                "0.1",
-                "--weights",
-                str(tiny_checkpoint),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert predict_cli([src], tmp_path / "o", tiny_checkpoint, "--pixel-size", "0.1") == 0
 
 
 def test_predict_help_documents_every_option(capsys) -> None:

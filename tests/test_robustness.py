@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, synthetic_scan
 
+from conftest import TINY, predict_cli, synthetic_scan
 from fetalhead.cli import main
 from fetalhead.ellipse import Ellipse
 from fetalhead.model import Checkpoint, ResUNet
@@ -141,21 +141,7 @@ def test_unreadable_file_permissions(tiny_checkpoint, tmp_path) -> None:
     f = p / "locked.png"
     f.write_bytes(b"x")
     f.chmod(0)
-    assert (
-        main(
-            [
-                "predict",
-                str(p),
-                "--out",
-                str(tmp_path / "o"),
-                "--pixel-size",
-                "0.1",
-                "--weights",
-                str(tiny_checkpoint),
-            ]
-        )
-        == 1
-    )
+    assert predict_cli([p], tmp_path / "o", tiny_checkpoint, "--pixel-size", "0.1") == 1
 
 
 def test_weights_only_loading_rejects_pickled_code(tmp_path) -> None:
