@@ -182,7 +182,9 @@ def main() -> None:
     if args.memory_n:
         for backend in ("torch", "onnx") if len(variants) > 2 else ("torch",):
             rss = peak_rss_mb(args.weights, source, args.memory_n, backend)
-            print(f"peak RSS, fetalhead predict on {args.memory_n} images ({backend}): {rss:.0f} MB")
+            print(
+                f"peak RSS, fetalhead predict on {args.memory_n} images ({backend}): {rss:.0f} MB"
+            )
 
 
 if __name__ == "__main__":

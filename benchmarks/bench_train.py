@@ -56,7 +56,10 @@ def main() -> None:
     rows = [
         ("eager fp32 NCHW (baseline)", bench(False, args.steps, args.batch, (h, w))),
         ("eager fp32 channels_last", bench(True, args.steps, args.batch, (h, w))),
-        ("eager fp32 NCHW at 224x224 (reference size)", bench(False, args.steps, args.batch, (224, 224))),
+        (
+            "eager fp32 NCHW at 224x224 (reference size)",
+            bench(False, args.steps, args.batch, (224, 224)),
+        ),
     ]
     base = rows[0][1]
     print(f"| {'setting':<44} | img/s | s/img | ratio |")

@@ -247,7 +247,13 @@ def postprocess(
         pts = lb.to_original(pts + np.array(lb.pad))
     fit = fit_ellipse(pts)
     e = fit.ellipse
-    if not all(math.isfinite(v) for v in (e.cx, e.cy, e.a, e.b)) or min(e.a, e.b) <= 0:
+    diagonal = math.hypot(lb.in_h, lb.in_w)
+    if (
+        not all(math.isfinite(v) for v in (e.cx, e.cy, e.a, e.b))
+        or min(e.a, e.b) <= 0
+        or max(e.a, e.b) > diagonal
+    ):
+        # No plausible head ellipse (a degenerate fit or a small arc of a huge one).
         return None, None, None, ["no_head_found"]
     inside = region > 0.5
     confidence = float(region[inside].mean()) if inside.any() else 0.0
