@@ -1,7 +1,7 @@
 """Package a trained checkpoint as the shipped weights, with its evaluation attached.
 
 Usage:
-    .venv/bin/python scripts/package_weights.py RUN_DIR EVAL_DIR [--out src/fetalhead/weights/hc18_resunet16.pt]
+    .venv/bin/python scripts/package_weights.py RUN_DIR EVAL_DIR [--out WEIGHTS.pt]
 
 Reads RUN_DIR/best.pt and RUN_DIR/log.csv (training wall time) and
 EVAL_DIR/summary.json (from ``fetalhead evaluate``), and stores them together in
