@@ -50,16 +50,24 @@ VARIANTS = [
     Variant("onnxruntime fp32, batch 1", "onnx", 1, False, "full", True),
     Variant("onnxruntime fp32, batch 8 (CLI default)", "onnx", 8, False, "full", True),
     Variant("onnxruntime fp32, batch 8, lowres post", "onnx", 8, False, "lowres", True),
+    Variant("onnxruntime int8 (static QDQ), batch 8", "onnx-int8", 8, False, "full", True),
 ]
 
 
 def run_variant(
     v: Variant, weights: Path, files: list[Path], px: float
 ) -> tuple[dict[str, float], list[float]]:
-    m = HeadMeasurer.from_pretrained(weights, backend=v.backend, postprocess=v.post)
+    backend = "onnx" if v.backend == "onnx-int8" else v.backend
+    m = HeadMeasurer.from_pretrained(weights, backend=backend, postprocess=v.post)  # type: ignore[arg-type]
+    cfg = m.config
     if v.backend == "torch":
         m.backend = TorchBackend(m.checkpoint, channels_last=v.channels_last)
-    cfg = m.config
+    elif v.backend == "onnx-int8":
+        from fetalhead.onnx import OnnxBackend, export_onnx_bytes, quantize_int8
+
+        # Calibrated on (up to) 16 of the benchmark's own source images.
+        calibration = [preprocess(read_gray(p), cfg)[0][None, None] for p in files[:16]]
+        m.backend = OnnxBackend(quantize_int8(export_onnx_bytes(m.checkpoint), calibration))
     # warm-up
     x, _ = preprocess(read_gray(files[0]), cfg)
     m._probabilities(np.stack([x] * v.batch)[:, None])

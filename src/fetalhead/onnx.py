@@ -146,3 +146,45 @@ class OnnxBackend:
     def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         logits = self.session.run(None, {"image": np.ascontiguousarray(batch, np.float32)})[0]
         return (1.0 / (1.0 + np.exp(-logits[:, 0]))).astype(np.float32)
+
+
+def quantize_int8(onnx_bytes: bytes, calibration: list[NDArray[np.float32]]) -> bytes:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on real inputs.
+
+    Args:
+        onnx_bytes: An fp32 export from :func:`export_onnx_bytes`.
+        calibration: Preprocessed ``(1, 1, H, W)`` inputs for activation ranges.
+
+    Returns:
+        The quantised model. Its accuracy must be checked (see the benchmark).
+    """
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration)
+
+        def get_next(self) -> dict[str, NDArray[np.float32]] | None:
+            x = next(self.items, None)
+            return None if x is None else {"image": x}
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+        src.write_bytes(onnx_bytes)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        return dst.read_bytes()
