@@ -157,6 +157,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: list[NDArray[np.float32]]) -> 
 
     Returns:
         The quantised model. Its accuracy must be checked (see the benchmark).
+
     """
     import tempfile
 
