@@ -59,7 +59,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "device": args.device,
         "progress": False if args.no_progress else None,
     }
-    if args.config:
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.exists() and not args.config:
+        # Resume with the run's own configuration; explicit options still win.
+        cfg = TrainConfig.from_file(saved, **overrides)
+    elif args.config:
         cfg = TrainConfig.from_file(args.config, **overrides)
     else:
         cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
