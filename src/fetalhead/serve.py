@@ -223,7 +223,7 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
                 )
             except InputError as exc:
                 raise HTTPException(422, str(exc)) from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise HTTPException(
                     408, f"measuring took longer than {settings.timeout_s} s"
                 ) from None
