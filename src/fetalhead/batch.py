@@ -304,10 +304,12 @@ def run_batch(
     started = time.time()
     writer = RowWriter(pred_path, PREDICTION_COLUMNS)
     rows: list[dict[str, Any]] = []
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     in_main = _in_main_thread()
     if in_main:
+        # Both signals stop the run cleanly, even where SIGINT was inherited as ignored.
         signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc="measuring", unit="img", disable=not opts.progress)
@@ -371,7 +373,8 @@ def run_batch(
         bar.close()
         writer.close()
         if in_main:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     all_rows = read_predictions(pred_path)
     if opts.submission is not None:

@@ -39,9 +39,11 @@ MIN_HEAD_AREA_FRACTION = 0.005
 #: Mean probability inside the head below which the result is ``low_confidence``.
 MIN_CONFIDENCE = 0.85
 #: RMS ellipse-fit residual (network pixels) above which the shape is ``low_confidence``.
-MAX_FIT_RMS_NET_PX = 1.5
+MAX_FIT_RMS_NET_PX = 3.0
 #: Fraction of the boundary lying on the image edge above which qc is ``touches_border``.
 MAX_BORDER_FRACTION = 0.02
+#: Distance (map pixels) from the image edge within which boundary points are "on the border".
+BORDER_TOL_PX = 1.0
 
 
 class NoWeightsError(FileNotFoundError):
@@ -206,10 +208,9 @@ def preprocess(
     return lb.apply(image).astype(np.float32) * (1.0 / 255.0), lb
 
 
-def _border_fraction(points: NDArray[np.float64], h: int, w: int, tol: float) -> float:
+def _near_border(points: NDArray[np.float64], h: int, w: int, tol: float) -> NDArray[np.bool_]:
     x, y = points[:, 0], points[:, 1]
-    near = (x < tol - 0.5) | (y < tol - 0.5) | (x > w - 0.5 - tol) | (y > h - 0.5 - tol)
-    return float(near.mean()) if len(points) else 0.0
+    return (x < tol - 0.5) | (y < tol - 0.5) | (x > w - 0.5 - tol) | (y > h - 0.5 - tol)
 
 
 def postprocess(
@@ -241,8 +242,13 @@ def postprocess(
         return None, None, None, ["no_head_found"]
     pts = found[0]
     reasons = []
-    if _border_fraction(pts, map_h, map_w, tol=1.0) > MAX_BORDER_FRACTION:
+    on_border = _near_border(pts, map_h, map_w, tol=BORDER_TOL_PX)
+    if on_border.mean() > MAX_BORDER_FRACTION:
         reasons.append("touches_border")
+        # Where the field of view clips the head, the region's boundary follows the
+        # image edge, which is not skull: fit the ellipse to the rest.
+        if (~on_border).sum() >= max(8, len(pts) // 3):
+            pts = pts[~on_border]
     if method == "lowres":
         pts = lb.to_original(pts + np.array(lb.pad))
     fit = fit_ellipse(pts)
