@@ -220,3 +220,15 @@ def test_predict_help_documents_every_option(capsys) -> None:
 def test_missing_input_path(tiny_checkpoint, tmp_path, capsys) -> None:
     with pytest.raises(InputError, match="nothing.png: no such file"):
         collect_inputs([tmp_path / "nothing.png"])
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (150, 200), (2000, 3000), (540, 4000)])
+def test_images_far_from_800x540(tiny_checkpoint, tmp_path, shape) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    e = Ellipse(shape[1] / 2, shape[0] / 2, shape[1] / 5, shape[0] / 5, 0.2)
+    img, _ = synthetic_scan(e, shape)
+    cv2.imwrite(str(src / "odd.png"), img)
+    assert predict_cli([src], tmp_path / "o", tiny_checkpoint, "--pixel-size", "0.1") == 0
+    row = read_rows(tmp_path / "o" / "predictions.csv")[0]
+    assert row["qc"] and row["qc"] != "unreadable"

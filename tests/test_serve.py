@@ -239,3 +239,18 @@ def test_browser_end_to_end(live_server, tmp_path) -> None:
         assert page.locator("#table tbody tr").count() == 1
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
+
+
+def test_request_timeout_gives_408(measurer) -> None:
+    class Slow:
+        name = "slow"
+
+        def __call__(self, batch):
+            time.sleep(1.0)
+            return FixedHead()(batch)
+
+    slow = HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch")
+    slow.backend = Slow()
+    c = TestClient(create_app(slow, ServeSettings(timeout_s=0.2, token=None)))
+    r = post(c, PNG)
+    assert r.status_code == 408 and "longer than" in r.json()["detail"]
