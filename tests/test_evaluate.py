@@ -49,22 +49,24 @@ def test_evaluate_with_perfect_maps(tmp_path) -> None:
     assert "ADF by trimester" in (tmp_path / "summary.md").read_text()
 
 
-def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys) -> None:
-    rc = main(
+def evaluate_cli(weights, out, *extra: str) -> int:
+    return main(
         [
             "evaluate",
             str(MINI),
             "--weights",
-            str(tiny_checkpoint),
+            str(weights),
             "--out",
-            str(tmp_path / "ev"),
-            "--split",
-            "all",
+            str(out),
             "--backend",
             "torch",
-            "--no-progress",
+            *extra,
         ]
     )
+
+
+def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys) -> None:
+    rc = evaluate_cli(tiny_checkpoint, tmp_path / "ev", "--split", "all", "--no-progress")
     assert rc == 0
     rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("filename,pixel_size_mm,hc_ref_mm,hc_pred_mm,df_mm,adf_mm,dsc,hd_mm")
@@ -73,16 +75,5 @@ def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys) -> None:
 
 
 def test_cli_evaluate_val_split_needs_recorded_split(tiny_checkpoint, tmp_path, capsys) -> None:
-    rc = main(
-        [
-            "evaluate",
-            str(MINI),
-            "--weights",
-            str(tiny_checkpoint),
-            "--out",
-            str(tmp_path / "ev"),
-            "--backend",
-            "torch",
-        ]
-    )
+    rc = evaluate_cli(tiny_checkpoint, tmp_path / "ev")
     assert rc == 2 and "--split all" in capsys.readouterr().err

@@ -13,6 +13,19 @@ from conftest import make_mask_dataset
 from fetalhead.model import Checkpoint
 from fetalhead.train import TrainConfig, dice_loss, train
 
+#: CLI options of the tiny synthetic runs (match tiny_config below).
+TINY_CLI = [
+    "--image-size",
+    "64x96",
+    "--start-filters",
+    "2",
+    "--val-fraction",
+    "0.25",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
 
 def tiny_config(data: Path, out: Path, epochs: int = 2) -> TrainConfig:
     return TrainConfig(
@@ -98,15 +111,7 @@ def test_runs_are_deterministic_and_resume_exactly_after_kill(synth, tmp_path) -
         "4",
         "--lr",
         "3e-3",
-        "--image-size",
-        "64x96",
-        "--start-filters",
-        "2",
-        "--val-fraction",
-        "0.25",
-        "--threads",
-        "1",
-        "--no-progress",
+        *TINY_CLI,
         "--config",
         str(tmp_path / "c.yaml"),
     ]
@@ -147,15 +152,7 @@ def test_distributed_two_ranks_gloo(synth, tmp_path) -> None:
         "2",
         "--batch-size",
         "2",
-        "--image-size",
-        "64x96",
-        "--start-filters",
-        "2",
-        "--val-fraction",
-        "0.25",
-        "--threads",
-        "1",
-        "--no-progress",
+        *TINY_CLI,
         "--device",
         "cpu",
     ]
