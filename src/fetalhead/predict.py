@@ -276,7 +276,7 @@ class HeadMeasurer:
 
     Example:
         >>> m = HeadMeasurer.from_pretrained()          # doctest: +SKIP
-        >>> r = m.measure("examples/010_HC.png", 0.12)  # doctest: +SKIP
+        >>> r = m.measure("examples/191_HC.png", 0.157)  # doctest: +SKIP
         >>> r.hc_mm, r.ga_hadlock.weeks, r.qc           # doctest: +SKIP
 
     """
