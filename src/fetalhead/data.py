@@ -247,8 +247,11 @@ class CachedCases:
         self.cases = cases
         self.images: list[NDArray[np.uint8]] = []
         self.targets: list[NDArray[np.float32]] = []
+        #: Original ``(height, width)`` of each case.
+        self.shapes: list[tuple[int, int]] = []
         for case in cases:
             img = read_gray(case.image)
+            self.shapes.append((img.shape[0], img.shape[1]))
             lb = Letterbox(img.shape[0], img.shape[1], size_hw[0], size_hw[1], keep_aspect)
             self.images.append(lb.apply(img))
             e = lb.ellipse_to_net(label_ellipse(case))

@@ -23,7 +23,13 @@ from numpy.typing import NDArray
 from fetalhead.data import Letterbox
 from fetalhead.ellipse import Ellipse, find_head_contour, fit_ellipse
 from fetalhead.gestation import GAEstimate, hadlock_1984, intergrowth_21st
-from fetalhead.io import InputError, LoadedImage, read_image, validate_pixel_size
+from fetalhead.io import (
+    InputError,
+    LoadedImage,
+    read_image,
+    to_uint8_gray,
+    validate_pixel_size,
+)
 from fetalhead.model import Checkpoint, ModelConfig, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -402,8 +408,6 @@ class HeadMeasurer:
                 pixel_size_mm, source = image.pixel_size_mm, image.pixel_size_source
             pixels = image.pixels
         else:
-            from fetalhead.io import to_uint8_gray
-
             pixels = to_uint8_gray(np.asarray(image), name=name)
         if pixel_size_mm is not None:
             pixel_size_mm = validate_pixel_size(pixel_size_mm, name)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -347,12 +347,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     hw = (cfg.image_h, cfg.image_w)
     train_cache = CachedCases(train_cases, hw, cfg.keep_aspect)
     val_cache = CachedCases(val_cases, hw, cfg.keep_aspect)
-    val_shapes = [_shape_of(c) for c in val_cases]
 
     _seed_all(cfg.seed)
     model = ResUNet(cfg.model_config).to(device)
     augment = build_augmentation(cfg.seed) if cfg.augment else None
     train_ds = HeadDataset(train_cache, augment)
+    val_ds = HeadDataset(val_cache, None)
     sampler = DistributedSampler(
         train_ds,
         num_replicas=info.world,
@@ -441,22 +441,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         with torch.inference_mode():
             for j in range(0, len(val_idx), cfg.batch_size):
                 idx = val_idx[j : j + cfg.batch_size]
-                x = torch.stack(
-                    [
-                        torch.from_numpy(val_cache.images[i].astype(np.float32) / 255.0)[None]
-                        for i in idx
-                    ]
-                ).to(device)
-                y = torch.stack([torch.from_numpy(val_cache.targets[i])[None] for i in idx]).to(
-                    device
-                )
+                x, y = (t.to(device) for t in default_collate([val_ds[i] for i in idx]))
                 logits = model(x).float()
                 v[0] += float(compute_loss(logits, y, cfg.loss)) * len(idx)
                 v[1] += float(hard_dice(logits, y).sum())
                 v[2] += len(idx)
                 probs = torch.sigmoid(logits)[:, 0].cpu().numpy()
                 errs = _val_hc_errors(
-                    probs, [val_cases[i] for i in idx], cfg, [val_shapes[i] for i in idx]
+                    probs, [val_cases[i] for i in idx], cfg, [val_cache.shapes[i] for i in idx]
                 )
                 v[3] += sum(errs)
                 v[4] += len(errs)
@@ -536,13 +528,6 @@ def _check_in_step(model: torch.nn.Module, info: DistInfo, device: torch.device)
         raise RuntimeError(f"ranks diverged: parameter checksums {values}")
     if info.main:
         logger.info("ranks in step: %d ranks, parameter checksum %.6f", info.world, values[0])
-
-
-def _shape_of(case: Case) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(case.image) as im:
-        return im.height, im.width
 
 
 def _write_yaml(values: dict[str, Any], path: Path) -> None:
