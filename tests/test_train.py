@@ -79,6 +79,34 @@ def test_train_writes_logs_checkpoints_and_curves(synth, tmp_path) -> None:
         train(tiny_config(synth, run))
 
 
+def test_fine_tune_starts_from_weights_and_refuses_a_different_split(synth, tmp_path) -> None:
+    base = tmp_path / "base"
+    train(tiny_config(synth, base, epochs=1))
+    start = Checkpoint.load(base / "best.pt").state_dict
+
+    cfg = tiny_config(synth, tmp_path / "ft", epochs=1)
+    cfg.init_weights = str(base / "best.pt")
+    cfg.lr = 1e-12  # so small that the weights stay where they started
+    train(cfg)
+    tuned = Checkpoint.load(tmp_path / "ft" / "best.pt").state_dict
+    assert all(
+        torch.allclose(start[k].float(), tuned[k].float(), atol=1e-6)
+        for k in start
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
+
+    other = tiny_config(synth, tmp_path / "leak", epochs=1)
+    other.init_weights = str(base / "best.pt")
+    other.seed = 7  # a different prefix split: the start weights saw its validation images
+    with pytest.raises(ValueError, match="validation files differ"):
+        train(other)
+    wider = tiny_config(synth, tmp_path / "wide", epochs=1)
+    wider.init_weights = str(base / "best.pt")
+    wider.start_filters = 4
+    with pytest.raises(ValueError, match="does not match"):
+        train(wider)
+
+
 def test_config_file_and_unknown_keys(tmp_path) -> None:
     (tmp_path / "c.yaml").write_text("epochs: 3\nlr: 0.01\n")
     cfg = TrainConfig.from_file(tmp_path / "c.yaml", epochs=5, lr=None)

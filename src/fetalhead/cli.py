@@ -29,6 +29,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, help="use only the first N cases (smoke runs)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument(
+        "--init-weights", metavar="FILE", help="fine-tune from this checkpoint (same split)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -57,6 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "max_images": args.max_images,
         "num_threads": args.threads,
         "device": args.device,
+        "init_weights": args.init_weights,
         "progress": False if args.no_progress else None,
     }
     saved = Path(args.out) / "config.json"

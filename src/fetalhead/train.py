@@ -67,6 +67,9 @@ class TrainConfig:
         num_threads: Torch CPU threads (``None``: all cores).
         progress: Show progress bars.
         data_note: Free text about the data, stored in the checkpoint.
+        init_weights: Start from this checkpoint's weights (fine-tuning). Its
+            architecture must match, and it must have been trained with the same
+            validation files, so that no validation image was ever trained on.
 
     """
 
@@ -91,6 +94,7 @@ class TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     data_note: str = ""
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in ("dice", "dice_bce"):
@@ -396,7 +400,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         history = [EpochLog(**h) for h in state["history"]]
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed %s at epoch %d", run_dir, start_epoch)
-    elif info.main:
+    elif cfg.init_weights:
+        _init_from(model, cfg.init_weights, [c.image.name for c in val_cases])
+    if not resume and info.main:
         cfg_dump = asdict(cfg)
         with atomic_writer(run_dir / "config.json") as fh:
             json.dump(cfg_dump, fh, indent=2)
@@ -516,6 +522,25 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             _check_in_step(model, info, device)
             dist.barrier()
     return TrainResult(run_dir, best, history)
+
+
+def _init_from(model: ResUNet, path: str, val_files: list[str]) -> None:
+    """Load fine-tuning start weights, refusing ones that saw this run's validation set."""
+    ckpt = Checkpoint.load(path)
+    # Dropout only acts in training, so a fine-tune may change it.
+    if dataclasses.replace(ckpt.config, dropout=model.config.dropout) != model.config:
+        raise ValueError(
+            f"{path}: architecture {ckpt.config} does not match this run's {model.config}"
+        )
+    seen = ckpt.meta.get("split", {}).get("val_files")
+    if seen is None or sorted(seen) != sorted(val_files):
+        raise ValueError(
+            f"{path}: its validation files differ from this run's (or are not recorded), so "
+            "fine-tuning from it could train on images this run validates on; use the same "
+            "data, val_fraction and seed as the run that produced it"
+        )
+    model.load_state_dict(ckpt.state_dict)
+    logger.info("initialised from %s (same validation split)", path)
 
 
 def _check_in_step(model: torch.nn.Module, info: DistInfo, device: torch.device) -> None:
