@@ -54,20 +54,25 @@ VARIANTS = [
 ]
 
 
-def run_variant(
-    v: Variant, weights: Path, files: list[Path], px: float
-) -> tuple[dict[str, float], list[float]]:
+def build_measurer(v: Variant, weights: Path, calibration: list[Path]) -> HeadMeasurer:
+    """The measurer of one variant (int8: quantised with ``calibration`` images)."""
     backend = "onnx" if v.backend == "onnx-int8" else v.backend
     m = HeadMeasurer.from_pretrained(weights, backend=backend, postprocess=v.post)  # type: ignore[arg-type]
-    cfg = m.config
     if v.backend == "torch":
         m.backend = TorchBackend(m.checkpoint, channels_last=v.channels_last)
     elif v.backend == "onnx-int8":
         from fetalhead.onnx import OnnxBackend, export_onnx_bytes, quantize_int8
 
-        # Calibrated on (up to) 16 of the benchmark's own source images.
-        calibration = [preprocess(read_gray(p), cfg)[0][None, None] for p in files[:16]]
-        m.backend = OnnxBackend(quantize_int8(export_onnx_bytes(m.checkpoint), calibration))
+        inputs = [preprocess(read_gray(p), m.config)[0][None, None] for p in calibration]
+        m.backend = OnnxBackend(quantize_int8(export_onnx_bytes(m.checkpoint), inputs))
+    return m
+
+
+def run_variant(
+    v: Variant, weights: Path, files: list[Path], px: float, calibration: list[Path]
+) -> tuple[dict[str, float], list[float]]:
+    m = build_measurer(v, weights, calibration)
+    cfg = m.config
     # warm-up
     x, _ = preprocess(read_gray(files[0]), cfg)
     m._probabilities(np.stack([x] * v.batch)[:, None])
@@ -103,6 +108,46 @@ def run_variant(
     total = time.perf_counter() - t0
     n = len(files)
     return {"total": total, "ips": n / total, **{k: 1000 * s / n for k, s in stages.items()}}, hcs
+
+
+def validation_accuracy(
+    variants: list[Variant], weights: Path, data: Path, calibration: list[Path]
+) -> None:
+    """Print each variant's ADF and DSC on the checkpoint's validation split."""
+    from fetalhead.data import find_cases
+    from fetalhead.evaluate import evaluate_case
+
+    cases = [c for c in find_cases(data) if c.image.name in validation_files(weights)]
+    rows = []
+    for v in variants:
+        m = build_measurer(v, weights, calibration)
+        metrics = []
+        for c in cases:
+            img = read_gray(c.image)
+            metrics.append(evaluate_case(c, m.measure(img, c.pixel_size_mm), img.shape))
+        hc = np.array([np.nan if r.hc_pred_mm is None else r.hc_pred_mm for r in metrics])
+        adf = float(np.nanmean([np.nan if r.adf_mm is None else r.adf_mm for r in metrics]))
+        rows.append((v, adf, 100 * float(np.mean([r.dsc for r in metrics])), hc))
+    _, ref_adf, ref_dsc, ref_hc = rows[0]
+    print(f"\n# accuracy on the checkpoint's validation split: {len(cases)} images of {data}")
+    header = (
+        f"| {'variant':<40} | ADF mm | ΔADF mm | DSC % | ΔDSC pp "
+        f"| max abs ΔHC (mm) | images with abs ΔHC > 0.1 mm |"
+    )
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for v, adf, dsc, hc in rows:
+        d = np.abs(hc - ref_hc)
+        print(
+            f"| {v.name:<40} | {adf:6.3f} | {adf - ref_adf:+7.3f} | {dsc:5.2f} "
+            f"| {dsc - ref_dsc:+7.2f} | {np.nanmax(d):16.3f} | {int((d > 0.1).sum()):28d} |"
+        )
+
+
+def validation_files(weights: Path) -> set[str]:
+    from fetalhead.model import Checkpoint
+
+    return set(Checkpoint.load(weights).meta.get("split", {}).get("val_files", []))
 
 
 def model_flops(weights: Path) -> float:
@@ -143,6 +188,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=96, help="images per variant (repeats the folder)")
     ap.add_argument("--memory-n", type=int, default=1000, help="folder size for peak RSS (0: skip)")
     ap.add_argument("--pixel-size", type=float, default=0.1)
+    ap.add_argument(
+        "--val-data",
+        type=Path,
+        help="labelled folder (e.g. ../shared/data/hc18/training_set): report the ADF and DSC "
+        "of the variants that change results on the checkpoint's validation split, and "
+        "calibrate int8 on 32 of its training images instead of the benchmark images",
+    )
     args = ap.parse_args()
 
     source = sorted(p for p in args.images.glob("*.png") if not p.name.endswith("_Annotation.png"))
@@ -155,6 +207,13 @@ def main() -> None:
     flops = model_flops(args.weights)
     print(f"# model: {flops / 1e9:.2f} GFLOP per image (FLOPs counted by torch, 2 per MAC)\n")
 
+    calibration = files[:16]
+    if args.val_data:
+        from fetalhead.data import find_cases
+
+        val = validation_files(args.weights)
+        pool = [c.image for c in find_cases(args.val_data) if c.image.name not in val]
+        calibration = pool[:: max(1, len(pool) // 32)][:32]
     results = []
     try:
         import onnxruntime  # noqa: F401
@@ -164,7 +223,7 @@ def main() -> None:
         variants = [v for v in VARIANTS if v.backend == "torch"]
         print("# onnxruntime not installed: ONNX rows skipped (pip install 'fetalhead[onnx]')")
     for v in variants:
-        stats, hcs = run_variant(v, args.weights, files, args.pixel_size)
+        stats, hcs = run_variant(v, args.weights, files, args.pixel_size, calibration)
         results.append((v, stats, np.asarray(hcs)))
 
     base_stats, base_hc = results[0][1], results[0][2]
@@ -187,6 +246,10 @@ def main() -> None:
         "\nStage times are per image; decode overlaps inference when threaded, so "
         "stages can sum to more than 1000/img/s."
     )
+    if args.val_data:
+        reference = next(v for v in variants if v.post == "full" and v.backend != "onnx-int8")
+        changed = [v for v in variants if v.post != "full" or v.backend == "onnx-int8"]
+        validation_accuracy([reference, *changed], args.weights, args.val_data, calibration)
     if args.memory_n:
         for backend in ("torch", "onnx") if len(variants) > 2 else ("torch",):
             rss = peak_rss_mb(args.weights, source, args.memory_n, backend)
