@@ -3,9 +3,10 @@
 Usage:
     .venv/bin/python scripts/package_weights.py RUN_DIR EVAL_DIR [--out WEIGHTS.pt]
 
-Reads RUN_DIR/best.pt and RUN_DIR/log.csv (training wall time) and
-EVAL_DIR/summary.json (from ``fetalhead evaluate``), and stores them together in
-the checkpoint's metadata so that the weights describe themselves.
+Reads RUN_DIR/best.pt, RUN_DIR/log.csv (training wall time; for a fine-tuned run
+also the log.csv of the run it started from) and EVAL_DIR/summary.json (from
+``fetalhead evaluate``), and stores them together in the checkpoint's metadata so
+that the weights describe themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +20,22 @@ from fetalhead.model import Checkpoint, count_parameters
 from fetalhead.predict import DEFAULT_WEIGHTS
 
 
+def training_stages(run_dir: Path, ck: Checkpoint) -> list[dict[str, object]]:
+    """Epochs and wall time of this run and, first, of the runs it was fine-tuned from."""
+    with open(run_dir / "log.csv", newline="") as fh:
+        log = list(csv.DictReader(fh))
+    stage = {
+        "run": str(run_dir),
+        "epochs": len(log),
+        "wall_time_s": round(sum(float(r["seconds"]) for r in log), 1),
+    }
+    start = ck.meta.get("recipe", {}).get("init_weights")
+    if not start:
+        return [stage]
+    parent = Path(start).parent
+    return [*training_stages(parent, Checkpoint.load(start)), stage]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", type=Path)
@@ -27,11 +44,11 @@ def main() -> None:
     args = ap.parse_args()
 
     ck = Checkpoint.load(args.run_dir / "best.pt")
-    with open(args.run_dir / "log.csv", newline="") as fh:
-        log = list(csv.DictReader(fh))
     summary = json.loads((args.eval_dir / "summary.json").read_text())
-    ck.meta["training_wall_time_s"] = round(sum(float(r["seconds"]) for r in log), 1)
-    ck.meta["epochs_run"] = len(log)
+    stages = training_stages(args.run_dir, ck)
+    ck.meta["training_stages"] = stages
+    ck.meta["training_wall_time_s"] = round(sum(float(s["wall_time_s"]) for s in stages), 1)
+    ck.meta["epochs_run"] = sum(int(s["epochs"]) for s in stages)
     ck.meta["parameters"] = count_parameters(ck.build())
     ck.meta["evaluation"] = {
         k: summary[k] for k in ("split", "n_images", "n_no_head", "dsc", "hd_mm", "df_mm", "adf_mm")
