@@ -4,7 +4,8 @@ from conftest import MINI, TINY, OracleBackend
 from fetalhead.cli import main
 from fetalhead.data import find_cases, label_ellipse
 from fetalhead.ellipse import Ellipse
-from fetalhead.evaluate import evaluate, hausdorff_ellipses, trimester
+from fetalhead.evaluate import evaluate, hausdorff_ellipses
+from fetalhead.gestation import trimester
 from fetalhead.io import read_gray
 from fetalhead.model import Checkpoint, ResUNet
 from fetalhead.predict import HeadMeasurer

@@ -6,12 +6,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import make_mask_dataset
+from fetalhead.data import Case
 from fetalhead.model import Checkpoint
-from fetalhead.train import TrainConfig, dice_loss, train
+from fetalhead.train import (
+    TrainConfig,
+    WeightedEpochSampler,
+    dice_loss,
+    train,
+    trimester_weights,
+)
 
 #: CLI options of the tiny synthetic runs (match tiny_config below).
 TINY_CLI = [
@@ -105,6 +113,38 @@ def test_fine_tune_starts_from_weights_and_refuses_a_different_split(synth, tmp_
     wider.start_filters = 4
     with pytest.raises(ValueError, match="does not match"):
         train(wider)
+
+
+def test_trimester_weights_favour_rare_trimesters() -> None:
+    # Hadlock: HC 80 mm ~ 13 wk (first), 200 mm ~ 22 wk (second), 300 mm ~ 33 wk (third).
+    hcs = [80.0] * 10 + [200.0] * 80 + [300.0] * 10 + [None]
+    cases = [Case(Path(f"{i:03d}_HC.png"), Path("x"), "hc18", 0.1, hc) for i, hc in enumerate(hcs)]
+    w = trimester_weights(cases)
+    assert w[0] == pytest.approx(w[90]) and w[0] == pytest.approx(w[10] * 8**0.5)
+    third_share = w[90:100].sum() / w[:100].sum()
+    assert 0.1 < third_share < 0.3  # up from 0.1 with sqrt balancing, not to 1/3
+    assert w.mean() == pytest.approx(1.0)
+
+
+def test_weighted_sampler_is_seeded_by_epoch_and_splits_ranks() -> None:
+    w = np.array([1.0] * 9 + [5.0])
+    ranks = [WeightedEpochSampler(w, seed=3, rank=r, world=2) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(4)
+    a, b = list(ranks[0]), list(ranks[1])
+    assert len(a) == len(b) == len(ranks[0]) == 5
+    again = WeightedEpochSampler(w, seed=3, rank=0, world=1)
+    again.set_epoch(4)
+    merged = list(again)
+    assert merged[0::2] == a and merged[1::2] == b  # one draw, shared out by rank
+    again.set_epoch(5)
+    assert list(again) != merged
+    many = WeightedEpochSampler(w, seed=0, rank=0, world=1)
+    counts = np.zeros(10)
+    for e in range(400):
+        many.set_epoch(e)
+        counts += np.bincount(list(many), minlength=10)
+    assert counts[9] / counts[:9].mean() == pytest.approx(5.0, rel=0.15)
 
 
 def test_config_file_and_unknown_keys(tmp_path) -> None:

@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 
 from fetalhead.data import Case, find_cases, label_ellipse
 from fetalhead.ellipse import Ellipse, ellipse_points, render_ellipse_mask
-from fetalhead.gestation import hadlock_1984
+from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.io import atomic_write_bytes, atomic_writer, read_gray
 from fetalhead.predict import HeadMeasurer, Measurement
 
@@ -46,13 +46,6 @@ def hausdorff_ellipses(e1: Ellipse, e2: Ellipse, n: int = 2000) -> float:
 def ellipse_dice(pred: Ellipse, ref: Ellipse, shape: tuple[int, int]) -> float:
     """Dice of two filled ellipses rendered on an image of ``shape``."""
     return dice(render_ellipse_mask(pred, shape), render_ellipse_mask(ref, shape))
-
-
-def trimester(ga_weeks: float) -> str:
-    """Trimester label from gestational age (< 14, 14-28, >= 28 weeks)."""
-    if ga_weeks < 14:
-        return "first"
-    return "second" if ga_weeks < 28 else "third"
 
 
 @dataclass

@@ -62,3 +62,10 @@ def intergrowth_21st(hc_mm: float) -> GAEstimate:
         return _estimate(float("nan"), "intergrowth_21st", INTERGROWTH_RANGE_WEEKS)
     days = math.exp(0.05970 * math.log(hc_mm) ** 2 + 0.000000006409 * hc_mm**3 + 3.3258)
     return _estimate(days / 7.0, "intergrowth_21st", INTERGROWTH_RANGE_WEEKS)
+
+
+def trimester(ga_weeks: float) -> str:
+    """Trimester label from gestational age (< 14, 14-28, >= 28 weeks)."""
+    if ga_weeks < 14:
+        return "first"
+    return "second" if ga_weeks < 28 else "third"

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,12 +27,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, default_collate
+from numpy.typing import NDArray
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from fetalhead.data import CachedCases, Case, Letterbox, find_cases, split_by_prefix
 from fetalhead.ellipse import find_head_contour, fit_ellipse
+from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.io import atomic_write_bytes, atomic_writer
 from fetalhead.model import Checkpoint, ModelConfig, ResUNet
 
@@ -67,6 +70,10 @@ class TrainConfig:
         num_threads: Torch CPU threads (``None``: all cores).
         progress: Show progress bars.
         data_note: Free text about the data, stored in the checkpoint.
+        balance_trimesters: Draw each epoch's images with replacement, weighted by the
+            inverse square root of their trimester's share (trimester from the reference
+            HC by Hadlock), so that the rarer large third-trimester heads are seen more
+            often. Off: every image once per epoch.
         init_weights: Start from this checkpoint's weights (fine-tuning). Its
             architecture must match, and it must have been trained with the same
             validation files, so that no validation image was ever trained on.
@@ -94,6 +101,7 @@ class TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     data_note: str = ""
+    balance_trimesters: bool = False
     init_weights: str | None = None
 
     def __post_init__(self) -> None:
@@ -181,6 +189,45 @@ def build_augmentation(seed: int) -> A.Compose:
         ],
         seed=seed,
     )
+
+
+def trimester_weights(cases: list[Case]) -> NDArray[np.float64]:
+    """Per-case sampling weight, the inverse square root of its trimester's share.
+
+    Cases without a reference HC get weight 1 (as if their trimester were typical).
+    """
+    labels = [
+        trimester(hadlock_1984(c.hc_mm).weeks) if c.hc_mm and c.hc_mm > 0 else None for c in cases
+    ]
+    known = [t for t in labels if t is not None]
+    share = {t: known.count(t) / len(known) for t in set(known)}
+    w = np.array([1.0 if t is None else share[t] ** -0.5 for t in labels])
+    return w / w.mean()
+
+
+class WeightedEpochSampler(Sampler[int]):
+    """Each epoch, draw indices with replacement in proportion to ``weights``.
+
+    The draw depends only on (seed, epoch), so all ranks draw the same list and rank
+    ``r`` of ``world`` takes every ``world``-th index from ``r``: equal step counts,
+    no overlap, and an exactly repeatable (resumable) run.
+    """
+
+    def __init__(self, weights: NDArray[np.float64], seed: int, rank: int, world: int) -> None:
+        self.p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+        self.total = math.ceil(len(self.p) / world) * world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        idx = rng.choice(len(self.p), size=self.total, replace=True, p=self.p)
+        return iter(idx[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.total // self.world
 
 
 class HeadDataset(Dataset):
@@ -357,14 +404,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     augment = build_augmentation(cfg.seed) if cfg.augment else None
     train_ds = HeadDataset(train_cache, augment)
     val_ds = HeadDataset(val_cache, None)
-    sampler = DistributedSampler(
-        train_ds,
-        num_replicas=info.world,
-        rank=info.rank,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_last=False,
-    )
+    sampler: DistributedSampler | WeightedEpochSampler
+    if cfg.balance_trimesters:
+        sampler = WeightedEpochSampler(
+            trimester_weights(train_cases), cfg.seed, info.rank, info.world
+        )
+    else:
+        sampler = DistributedSampler(
+            train_ds,
+            num_replicas=info.world,
+            rank=info.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=False,
+        )
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=0)
     # Each rank validates its own share of the cases, each case exactly once.
     val_idx = list(range(info.rank, len(val_cases), info.world))
