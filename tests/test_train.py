@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import make_mask_dataset
+from fetalhead.cli import main as cli_main
 from fetalhead.data import Case
 from fetalhead.model import Checkpoint
 from fetalhead.train import (
@@ -92,10 +93,13 @@ def test_fine_tune_starts_from_weights_and_refuses_a_different_split(synth, tmp_
     train(tiny_config(synth, base, epochs=1))
     start = Checkpoint.load(base / "best.pt").state_dict
 
-    cfg = tiny_config(synth, tmp_path / "ft", epochs=1)
-    cfg.init_weights = str(base / "best.pt")
-    cfg.lr = 1e-12  # so small that the weights stay where they started
-    train(cfg)
+    # Through the CLI, with balanced sampling; a learning rate so small that the
+    # weights stay where they started.
+    args = [str(synth), "--out", str(tmp_path / "ft"), "--epochs", "1", "--lr", "1e-12"]
+    args += ["--init-weights", str(base / "best.pt"), "--balance-trimesters", *TINY_CLI]
+    assert cli_main(["train", *args]) == 0
+    saved = Checkpoint.load(tmp_path / "ft" / "best.pt").meta["recipe"]
+    assert saved["init_weights"] == str(base / "best.pt") and saved["balance_trimesters"]
     tuned = Checkpoint.load(tmp_path / "ft" / "best.pt").state_dict
     assert all(
         torch.allclose(start[k].float(), tuned[k].float(), atol=1e-6)

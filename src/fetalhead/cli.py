@@ -32,6 +32,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--init-weights", metavar="FILE", help="fine-tune from this checkpoint (same split)"
     )
+    p.add_argument(
+        "--balance-trimesters",
+        action="store_true",
+        help="draw images weighted by trimester (rarer trimesters more often)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -61,6 +66,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "num_threads": args.threads,
         "device": args.device,
         "init_weights": args.init_weights,
+        "balance_trimesters": True if args.balance_trimesters else None,
         "progress": False if args.no_progress else None,
     }
     saved = Path(args.out) / "config.json"
