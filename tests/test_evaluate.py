@@ -1,3 +1,5 @@
+import cv2
+import numpy as np
 import pytest
 
 from conftest import MINI, TINY, OracleBackend
@@ -8,6 +10,7 @@ from fetalhead.evaluate import evaluate, hausdorff_ellipses
 from fetalhead.gestation import trimester
 from fetalhead.io import read_gray
 from fetalhead.model import Checkpoint, ResUNet
+from fetalhead.overlay import draw_overlay
 from fetalhead.predict import HeadMeasurer
 
 
@@ -48,6 +51,32 @@ def test_evaluate_with_perfect_maps(tmp_path) -> None:
         assert (tmp_path / name).exists()
     assert len(list((tmp_path / "worst").glob("*.png"))) == 3
     assert "ADF by trimester" in (tmp_path / "summary.md").read_text()
+
+
+def test_overlay_draws_the_reference_ellipse_in_red() -> None:
+    case = find_cases(MINI)[0]
+    img = read_gray(case.image)
+    m = HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch")
+    ref = label_ellipse(case)
+    m.backend = OracleBackend([ref], [img.shape], TINY)
+    measurement = m.measure(img, case.pixel_size_mm)
+    shifted = Ellipse(ref.cx + 25, ref.cy, ref.a, ref.b, ref.angle)  # clear of the fit
+    bgr = draw_overlay(img, measurement, shifted)
+    red = (bgr[..., 2] > 200) & (bgr[..., 1] < 120) & (bgr[..., 0] < 120)
+    outline = np.zeros(img.shape, np.uint8)
+    cv2.ellipse(
+        outline,
+        (round(shifted.cx), round(shifted.cy)),
+        (round(shifted.a), round(shifted.b)),
+        np.degrees(shifted.angle),
+        0,
+        360,
+        255,
+        5,
+    )
+    assert red.sum() > 2 * (shifted.a + shifted.b)  # most of the outline is visible
+    assert (red & (outline > 0)).sum() > 0.9 * red.sum()
+    assert not (draw_overlay(img, measurement)[red] == bgr[red]).all()
 
 
 def evaluate_cli(weights, out, *extra: str) -> int:

@@ -173,7 +173,7 @@ def evaluate(
         measurer: The model to evaluate.
         data: Labelled folder (HC18 or mask layout, with pixel sizes).
         out_dir: Where ``metrics.csv``, ``summary.md``, ``summary.json`` and the
-            worst five overlays go.
+            worst five overlays (reference ellipse in red) go.
         split: ``val`` evaluates the validation files recorded in the
             checkpoint; ``all`` evaluates every labelled image.
         progress: Show a progress bar.
@@ -216,7 +216,11 @@ def evaluate(
         case = next(c for c in cases if c.image.name == w["filename"])
         atomic_write_bytes(
             out / "worst" / f"{case.image.stem}_overlay.png",
-            encode_png(draw_overlay(read_gray(case.image), measurements[case.image.name])),
+            encode_png(
+                draw_overlay(
+                    read_gray(case.image), measurements[case.image.name], label_ellipse(case)
+                )
+            ),
         )
     with atomic_writer(out / "metrics.csv") as fh:
         names = list(asdict(rows[0]).keys())

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from fetalhead.ellipse import Ellipse
 from fetalhead.predict import Measurement
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
@@ -15,34 +16,53 @@ _GREEN = (80, 220, 80)
 _YELLOW = (0, 220, 255)
 _CYAN = (255, 200, 0)
 _MAGENTA = (255, 80, 255)
+_RED = (60, 60, 255)
 
 
 def _pt(x: float, y: float) -> tuple[int, int]:
     return round(x * (1 << _SHIFT)), round(y * (1 << _SHIFT))
 
 
-def draw_overlay(image: NDArray[np.uint8], m: Measurement) -> NDArray[np.uint8]:
-    """Return a BGR overlay of a measurement on its grayscale image."""
+def _draw_ellipse(
+    out: NDArray[np.uint8], e: Ellipse, color: tuple[int, int, int], thick: int
+) -> None:
+    cv2.ellipse(
+        out,
+        _pt(e.cx, e.cy),
+        _pt(e.a, e.b),
+        math.degrees(e.angle),
+        0,
+        360,
+        color,
+        thick,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
+
+
+def draw_overlay(
+    image: NDArray[np.uint8], m: Measurement, reference: Ellipse | None = None
+) -> NDArray[np.uint8]:
+    """Return a BGR overlay of a measurement on its grayscale image.
+
+    Args:
+        image: The grayscale image the measurement was made on.
+        m: The measurement: mask contour in green, fitted ellipse in yellow, its axes
+            in cyan (OFD) and magenta (BPD), and the values as text.
+        reference: A reference ellipse (e.g. the annotation's), drawn in red.
+
+    """
     out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     scale = max(1, round(max(image.shape) / 800))
     thick = max(1, scale)
+    if reference is not None:
+        _draw_ellipse(out, reference, _RED, thick)
     if m.contour is not None and len(m.contour):
         pts = np.round(m.contour * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(out, [pts], True, _GREEN, thick, cv2.LINE_AA, _SHIFT)
     e = m.ellipse
     if e is not None:
-        cv2.ellipse(
-            out,
-            _pt(e.cx, e.cy),
-            _pt(e.a, e.b),
-            math.degrees(e.angle),
-            0,
-            360,
-            _YELLOW,
-            thick,
-            cv2.LINE_AA,
-            _SHIFT,
-        )
+        _draw_ellipse(out, e, _YELLOW, thick)
         for semi, ang, color in ((e.a, e.angle, _CYAN), (e.b, e.angle + math.pi / 2, _MAGENTA)):
             dx, dy = semi * math.cos(ang), semi * math.sin(ang)
             cv2.line(
