@@ -31,7 +31,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fetalhead.batch import prefetch
 from fetalhead.io import read_gray
-from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer, TorchBackend, postprocess, preprocess
+from fetalhead.predict import (
+    DEFAULT_WEIGHTS,
+    HeadMeasurer,
+    TorchBackend,
+    bf16_supported,
+    postprocess,
+    preprocess,
+)
 
 
 @dataclass
@@ -42,15 +49,27 @@ class Variant:
     channels_last: bool
     post: str
     threaded_decode: bool
+    compile: bool = False
+
+    @property
+    def exact(self) -> bool:
+        """Whether the variant computes the same float32 map as the baseline."""
+        return self.post == "full" and self.backend in ("torch", "onnx")
 
 
 VARIANTS = [
     Variant("torch eager fp32, batch 1 (baseline)", "torch", 1, False, "full", False),
     Variant("torch fp32, batch 8, channels_last", "torch", 8, True, "full", True),
     Variant("onnxruntime fp32, batch 1", "onnx", 1, False, "full", True),
-    Variant("onnxruntime fp32, batch 8 (CLI default)", "onnx", 8, False, "full", True),
+    Variant("onnxruntime fp32, batch 8", "onnx", 8, False, "full", True),
     Variant("onnxruntime fp32, batch 8, lowres post", "onnx", 8, False, "lowres", True),
     Variant("onnxruntime int8 (static QDQ), batch 8", "onnx-int8", 8, False, "full", True),
+    Variant("torch fp32 compiled, batch 8, NHWC", "torch", 8, True, "full", True, True),
+    Variant("torch bf16 inner levels, batch 8, NHWC", "torch-bf16", 8, True, "full", True),
+    Variant("torch bf16 inner compiled, batch 8", "torch-bf16", 8, True, "full", True, True),
+    Variant(
+        "torch bf16 compiled, batch 8, lowres post", "torch-bf16", 8, True, "lowres", True, True
+    ),
 ]
 
 
@@ -59,7 +78,9 @@ def build_measurer(v: Variant, weights: Path, calibration: list[Path]) -> HeadMe
     backend = "onnx" if v.backend == "onnx-int8" else v.backend
     m = HeadMeasurer.from_pretrained(weights, backend=backend, postprocess=v.post)  # type: ignore[arg-type]
     if v.backend == "torch":
-        m.backend = TorchBackend(m.checkpoint, channels_last=v.channels_last)
+        m.backend = TorchBackend(m.checkpoint, channels_last=v.channels_last, compile=v.compile)
+    elif v.backend == "torch-bf16":
+        m.backend = TorchBackend(m.checkpoint, bf16=True, compile=v.compile)
     elif v.backend == "onnx-int8":
         from fetalhead.onnx import OnnxBackend, export_onnx_bytes, quantize_int8
 
@@ -73,9 +94,11 @@ def run_variant(
 ) -> tuple[dict[str, float], list[float]]:
     m = build_measurer(v, weights, calibration)
     cfg = m.config
-    # warm-up
+    # warm-up (and, for compiled variants, compilation: reported, not timed)
     x, _ = preprocess(read_gray(files[0]), cfg)
+    t = time.perf_counter()
     m._probabilities(np.stack([x] * v.batch)[:, None])
+    warmup = time.perf_counter() - t
     stages = dict.fromkeys(("decode", "preprocess", "model", "post"), 0.0)
     hcs: list[float] = []
 
@@ -107,7 +130,8 @@ def run_variant(
         stages["post"] += time.perf_counter() - t
     total = time.perf_counter() - t0
     n = len(files)
-    return {"total": total, "ips": n / total, **{k: 1000 * s / n for k, s in stages.items()}}, hcs
+    stats = {k: 1000 * s / n for k, s in stages.items()}
+    return {"total": total, "ips": n / total, "warmup": warmup, **stats}, hcs
 
 
 def validation_accuracy(
@@ -215,13 +239,15 @@ def main() -> None:
         pool = [c.image for c in find_cases(args.val_data) if c.image.name not in val]
         calibration = pool[:: max(1, len(pool) // 32)][:32]
     results = []
+    variants = VARIANTS
     try:
         import onnxruntime  # noqa: F401
-
-        variants = VARIANTS
     except ImportError:
-        variants = [v for v in VARIANTS if v.backend == "torch"]
+        variants = [v for v in variants if not v.backend.startswith("onnx")]
         print("# onnxruntime not installed: ONNX rows skipped (pip install 'fetalhead[onnx]')")
+    if not bf16_supported():
+        variants = [v for v in variants if v.backend != "torch-bf16"]
+        print("# no native bfloat16 on this CPU: bf16 rows skipped")
     for v in variants:
         stats, hcs = run_variant(v, args.weights, files, args.pixel_size, calibration)
         results.append((v, stats, np.asarray(hcs)))
@@ -246,12 +272,17 @@ def main() -> None:
         "\nStage times are per image; decode overlaps inference when threaded, so "
         "stages can sum to more than 1000/img/s."
     )
+    for v, s, _ in results:
+        if v.compile:
+            print(f"one-off compilation + first batch, {v.name}: {s['warmup']:.1f} s")
     if args.val_data:
-        reference = next(v for v in variants if v.post == "full" and v.backend != "onnx-int8")
-        changed = [v for v in variants if v.post != "full" or v.backend == "onnx-int8"]
+        reference = next(v for v in variants if v.exact)
+        changed = [v for v in variants if not v.exact]
         validation_accuracy([reference, *changed], args.weights, args.val_data, calibration)
     if args.memory_n:
-        for backend in ("torch", "onnx") if len(variants) > 2 else ("torch",):
+        backends = {v.backend: None for v in variants if v.post == "full"}
+        backends.pop("onnx-int8", None)
+        for backend in backends:
             rss = peak_rss_mb(args.weights, source, args.memory_n, backend)
             print(
                 f"peak RSS, fetalhead predict on {args.memory_n} images ({backend}): {rss:.0f} MB"

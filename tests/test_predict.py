@@ -213,6 +213,7 @@ def test_predict_help_documents_every_option(capsys) -> None:
         "--submission",
         "--resume",
         "--backend",
+        "--compile",
     ):
         assert opt in text
 
@@ -232,3 +233,78 @@ def test_images_far_from_800x540(tiny_checkpoint, tmp_path, shape) -> None:
     assert predict_cli([src], tmp_path / "o", tiny_checkpoint, "--pixel-size", "0.1") == 0
     row = read_rows(tmp_path / "o" / "predictions.csv")[0]
     assert row["qc"] and row["qc"] != "unreadable"
+
+
+def test_backend_names_are_checked_and_match_the_cli(monkeypatch) -> None:
+    from typing import get_args
+
+    from fetalhead import cli, predict
+
+    assert cli.BACKENDS == get_args(predict.BackendName)
+    ck = Checkpoint.from_model(ResUNet(TINY))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        HeadMeasurer(ck, backend="tensorrt")  # type: ignore[arg-type]
+    monkeypatch.setattr(predict, "bf16_supported", lambda: False)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        HeadMeasurer(ck, backend="torch-bf16")
+
+
+@pytest.mark.skipif(not __import__("fetalhead.predict").predict.bf16_supported(), reason="no bf16")
+def test_bf16_backend_agrees_with_float32_on_real_images() -> None:
+    from fetalhead.predict import DEFAULT_WEIGHTS
+
+    images = sorted(EXAMPLES.glob("*_HC.png"))
+    px = {
+        r["filename"]: float(r["pixel size(mm)"])
+        for r in csv.DictReader(open(EXAMPLES / "pixel_size.csv"))
+    }
+    imgs, sizes, names = (
+        [read_gray(p) for p in images],
+        [px[p.name] for p in images],
+        [p.name for p in images],
+    )
+    ref = HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS, backend="torch").measure_batch(
+        imgs, sizes, names
+    )
+    bf16 = HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS, backend="torch-bf16")
+    assert bf16.backend_name == "torch-bf16"
+    for a, b in zip(ref, bf16.measure_batch(imgs, sizes, names), strict=True):
+        assert a.qc == b.qc
+        assert a.hc_mm is not None and abs(a.hc_mm - b.hc_mm) < 0.1, a.filename
+
+
+def test_compiled_torch_backend_matches_eager_and_pads_small_batches() -> None:
+    from fetalhead.predict import TorchBackend
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ck = Checkpoint.from_model(ResUNet(TINY))
+    x = np.random.default_rng(0).random((3, 1, *TINY.input_hw), dtype=np.float32)
+    eager = TorchBackend(ck)(x)
+    compiled = TorchBackend(ck, compile=True)
+    assert compiled.name == "torch+compile"
+    np.testing.assert_allclose(compiled(x), eager, atol=1e-4)
+    # A smaller last batch is padded to the compiled size, not recompiled.
+    np.testing.assert_allclose(compiled(x[:2]), eager[:2], atol=1e-4)
+    assert compiled._compiled is not None and compiled._compiled_batch == 3
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog) -> None:
+    from fetalhead.predict import TorchBackend
+
+    torch = pytest.importorskip("torch")
+
+    def broken(*_args, **_kw):
+        def run(_x):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    ck = Checkpoint.from_model(ResUNet(TINY))
+    x = np.random.default_rng(0).random((2, 1, *TINY.input_hw), dtype=np.float32)
+    backend = TorchBackend(ck, compile=True)
+    np.testing.assert_allclose(backend(x), TorchBackend(ck)(x), atol=1e-5)
+    assert "torch.compile failed" in caplog.text and backend._compiled is None
+    with pytest.raises(ValueError, match="not to onnx"):
+        HeadMeasurer(ck, backend="onnx", compile=True)

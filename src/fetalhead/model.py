@@ -12,6 +12,7 @@ probability of "head".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -130,17 +131,49 @@ class ResUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(N, 1, H, W)`` images in [0, 1] to ``(N, 1, H, W)`` logits."""
+        return self._levels(x, bf16=False)
+
+    def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """As :meth:`forward`, with the inner levels under bfloat16 autocast.
+
+        For inference on CPUs with fast bfloat16. The full-resolution levels
+        (first encoder level, last decoder level, head) stay in float32:
+        rounding the input image and the final boundary to bfloat16 is what
+        moves HC most (see ``benchmarks/README.md``).
+        """
+        return self._levels(x, bf16=True)
+
+    def _levels(self, x: torch.Tensor, bf16: bool) -> torch.Tensor:
         skips = []
-        for level, drop in zip(self.down, self.drop_down, strict=True):
-            x = level(x)
+        for i, (level, drop) in enumerate(zip(self.down, self.drop_down, strict=True)):
+            with _bf16_region(x, bf16, inner=i > 0):
+                x = level(x)
             skips.append(x)
             x = drop(self.pool(x))
-        x = self.bridge(x)
-        for up, drop, level, skip in zip(
-            self.up, self.drop_up, self.up_levels, reversed(skips), strict=True
+        with _bf16_region(x, bf16, inner=True):
+            x = self.bridge(x)
+        last = len(self.up) - 1
+        for j, (up, drop, level, skip) in enumerate(
+            zip(self.up, self.drop_up, self.up_levels, reversed(skips), strict=True)
         ):
-            x = level(drop(torch.cat([up(x), skip], dim=1)))
+            if bf16 and j == last:
+                x = x.float()
+            with _bf16_region(x, bf16, inner=j < last):
+                x = level(drop(torch.cat([up(x), skip], dim=1)))
         return self.head(x)
+
+
+def _bf16_region(
+    x: torch.Tensor, bf16: bool, *, inner: bool
+) -> contextlib.AbstractContextManager[object]:
+    """Autocast context of one network level.
+
+    None unless ``bf16``, so that an outer AMP context (CUDA training) stays in
+    force; else bfloat16 for inner levels and float32 for full-resolution ones.
+    """
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=inner)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
