@@ -50,11 +50,12 @@ class Variant:
     post: str
     threaded_decode: bool
     compile: bool = False
+    tta: bool = False
 
     @property
     def exact(self) -> bool:
         """Whether the variant computes the same float32 map as the baseline."""
-        return self.post == "full" and self.backend in ("torch", "onnx")
+        return self.post == "full" and self.backend in ("torch", "onnx") and not self.tta
 
 
 VARIANTS = [
@@ -62,6 +63,7 @@ VARIANTS = [
     Variant("torch fp32, batch 8, channels_last", "torch", 8, True, "full", True),
     Variant("onnxruntime fp32, batch 1", "onnx", 1, False, "full", True),
     Variant("onnxruntime fp32, batch 8", "onnx", 8, False, "full", True),
+    Variant("onnxruntime fp32, batch 8, flip TTA", "onnx", 8, False, "full", True, tta=True),
     Variant("onnxruntime fp32, batch 8, lowres post", "onnx", 8, False, "lowres", True),
     Variant("onnxruntime int8 (static QDQ), batch 8", "onnx-int8", 8, False, "full", True),
     Variant("torch fp32 compiled, batch 8, NHWC", "torch", 8, True, "full", True, True),
@@ -76,7 +78,7 @@ VARIANTS = [
 def build_measurer(v: Variant, weights: Path, calibration: list[Path]) -> HeadMeasurer:
     """The measurer of one variant (int8: quantised with ``calibration`` images)."""
     backend = "onnx" if v.backend == "onnx-int8" else v.backend
-    m = HeadMeasurer.from_pretrained(weights, backend=backend, postprocess=v.post)  # type: ignore[arg-type]
+    m = HeadMeasurer.from_pretrained(weights, backend=backend, postprocess=v.post, tta=v.tta)  # type: ignore[arg-type]
     if v.backend == "torch":
         m.backend = TorchBackend(m.checkpoint, channels_last=v.channels_last, compile=v.compile)
     elif v.backend == "torch-bf16":

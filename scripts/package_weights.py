@@ -54,6 +54,8 @@ def main() -> None:
         k: summary[k] for k in ("split", "n_images", "n_no_head", "dsc", "hd_mm", "df_mm", "adf_mm")
     }
     ck.meta["evaluation"]["adf_by_trimester"] = summary["adf_by_trimester"]
+    # The settings those metrics were measured with; HeadMeasurer uses them by default.
+    ck.meta["inference"] = {"tta": bool(summary["model"]["tta"])}
     ck.meta["licence_note"] = (
         "Trained on HC18 (van den Heuvel et al. 2018, doi:10.5281/zenodo.1327317), CC BY 4.0."
     )

@@ -8,6 +8,7 @@ from scipy.special import ellipe
 
 from fetalhead.ellipse import (
     Ellipse,
+    boundary_sharpness,
     ellipse_points,
     find_head_contour,
     fit_ellipse,
@@ -142,3 +143,13 @@ def test_nonuniform_scaling_of_rotated_ellipse() -> None:
     s = e.scaled(0.5, 0.25)
     pts = ellipse_points(e, 500) * np.array([0.5, 0.25])
     assert fit_ellipse(pts).ellipse.perimeter == pytest.approx(s.perimeter, rel=1e-4)
+
+
+def test_boundary_sharpness_is_the_gradient_magnitude() -> None:
+    yy, xx = np.mgrid[0:40, 0:60].astype(np.float32)
+    ramp = 0.02 * xx + 0.01 * yy  # |grad| = sqrt(0.02**2 + 0.01**2)
+    pts = np.array([[10.3, 7.7], [30.0, 20.5], [0.0, 0.0], [59.0, 39.0]])
+    g = boundary_sharpness(ramp, pts)
+    np.testing.assert_allclose(g[:2], math.hypot(0.02, 0.01), rtol=1e-5)
+    # At the map's edge the one-sided difference halves, but stays finite.
+    assert np.all(np.isfinite(g)) and np.all(g > 0)

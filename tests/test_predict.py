@@ -308,3 +308,44 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog) -> None:
     assert "torch.compile failed" in caplog.text and backend._compiled is None
     with pytest.raises(ValueError, match="not to onnx"):
         HeadMeasurer(ck, backend="onnx", compile=True)
+
+
+@pytest.mark.parametrize(("flag", "expected"), [((), True), (("--no-tta",), False)])
+def test_tta_follows_the_weights_unless_told(tmp_path, flag, expected) -> None:
+    ck = Checkpoint.from_model(ResUNet(TINY), {"inference": {"tta": True}})
+    assert HeadMeasurer(ck, backend="torch").tta is True
+    assert HeadMeasurer(ck, backend="torch", tta=False).tta is False
+    assert HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch").tta is False
+    ck.save(tmp_path / "tta.pt")
+    image = synthetic_scan(Ellipse(200, 135, 120, 90, 0.3))[0]
+    cv2.imwrite(str(tmp_path / "a_HC.png"), image)
+    out = tmp_path / "out"
+    assert (
+        predict_cli([tmp_path / "a_HC.png"], out, tmp_path / "tta.pt", "--pixel-size", "0.1", *flag)
+        == 0
+    )
+    assert json.loads((out / "run.json").read_text())["model"]["tta"] is expected
+
+
+def test_ellipse_fit_ignores_a_blurred_outward_wall(monkeypatch) -> None:
+    """A faint lateral wall (shallow, shifted outwards) must not inflate HC."""
+    from fetalhead import predict
+    from fetalhead.data import Letterbox
+
+    h, w = 192, 288
+    true = Ellipse(144.0, 96.0, 100.0, 70.0, 0.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.hypot((xx - true.cx) / true.a, (yy - true.cy) / true.b)
+    dist = (r - 1.0) * 85.0  # about the distance to the boundary, in pixels
+    sharp = np.clip(0.5 - dist / 1.0, 0.0, 1.0)
+    faint = np.clip(0.5 - (dist - 4.0) / 12.0, 0.0, 1.0)  # 4 px out, 12 px wide
+    # The faint wall covers the right-hand eighth of the boundary.
+    prob = np.where(xx > true.cx + 0.85 * true.a, faint, sharp).astype(np.float32)
+    lb = Letterbox(h, w, h, w)
+
+    def hc_error(keep: float) -> float:
+        monkeypatch.setattr(predict, "BOUNDARY_KEEP_FRACTION", keep)
+        e, _, _, _ = predict.postprocess(prob, lb, "full")
+        return abs(e.perimeter - true.perimeter)
+
+    assert hc_error(0.8) < 0.5 < hc_error(1.0)
