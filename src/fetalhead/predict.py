@@ -54,7 +54,7 @@ BORDER_TOL_PX = 1.0
 #: Fraction of the head's boundary points, the sharpest, that the ellipse is fitted to. Where
 #: the map changes slowly across the boundary (faint lateral skull walls, parallel to the
 #: beam) its position is uncertain and, on HC18, biased outwards. 0.8 and 0.9 both lowered
-#: ADF, HD and raised DSC on the validation split for two differently trained models
+#: ADF on the validation split for two differently trained models, with and without TTA
 #: (MODEL_CARD.md); 0.6 and below made the fit unstable.
 BOUNDARY_KEEP_FRACTION = 0.8
 
