@@ -249,7 +249,7 @@ def main() -> None:
         print("# onnxruntime not installed: ONNX rows skipped (pip install 'fetalhead[onnx]')")
     if not bf16_supported():
         variants = [v for v in variants if v.backend != "torch-bf16"]
-        print("# no native bfloat16 on this CPU: bf16 rows skipped")
+        print("# oneDNN has no bfloat16 on this CPU: bf16 rows skipped")
     for v in variants:
         stats, hcs = run_variant(v, args.weights, files, args.pixel_size, calibration)
         results.append((v, stats, np.asarray(hcs)))
@@ -282,9 +282,9 @@ def main() -> None:
         changed = [v for v in variants if not v.exact]
         validation_accuracy([reference, *changed], args.weights, args.val_data, calibration)
     if args.memory_n:
-        backends = {v.backend: None for v in variants if v.post == "full"}
-        backends.pop("onnx-int8", None)
-        for backend in backends:
+        # The CLI's two exact backends, with the weights' default settings (TTA for the
+        # shipped weights).
+        for backend in sorted({v.backend for v in variants} & {"torch", "onnx"}, reverse=True):
             rss = peak_rss_mb(args.weights, source, args.memory_n, backend)
             print(
                 f"peak RSS, fetalhead predict on {args.memory_n} images ({backend}): {rss:.0f} MB"

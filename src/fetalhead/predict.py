@@ -258,7 +258,11 @@ class TorchBackend:
 
 
 def bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (oneDNN, AVX512-BF16/AMX)."""
+    """Whether oneDNN runs bfloat16 convolutions on this CPU (AVX-512 cores).
+
+    They are fast where the CPU has AVX512-BF16 or AMX; on older AVX-512 cores
+    oneDNN emulates them and ``torch-bf16`` may be no faster than ``torch``.
+    """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
