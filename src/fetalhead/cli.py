@@ -86,6 +86,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tta(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average with a left-right flipped pass (default: as the weights recommend; "
+        "on for the shipped weights)",
+    )
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
@@ -104,12 +113,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped HC18 weights)")
     p.add_argument("--save-masks", action="store_true", help="write DIR/masks/*_mask.png")
     p.add_argument("--overlays", action="store_true", help="write DIR/overlays/*.png")
-    p.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        help="average with a left-right flipped pass (default: as the weights recommend; "
-        "on for the shipped weights)",
-    )
+    _add_tta(p)
     p.add_argument("--submission", metavar="CSV", help="also write an HC18 submission CSV")
     p.add_argument("--resume", action="store_true", help="skip files already in predictions.csv")
     p.add_argument("--overwrite", action="store_true", help="start over in a non-empty DIR")
@@ -151,12 +155,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="val",
         help="val: the checkpoint's validation files; all: every labelled image",
     )
-    p.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        help="average with a left-right flipped pass (default: as the weights recommend; "
-        "on for the shipped weights)",
-    )
+    _add_tta(p)
     p.add_argument("--postprocess", choices=["lowres", "full"], default="full")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--no-progress", action="store_true")

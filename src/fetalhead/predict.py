@@ -221,7 +221,6 @@ class TorchBackend:
         self.device = torch.device(device)
         self.model = checkpoint.build().to(self.device)
         self.channels_last = channels_last
-        self.bf16 = bf16
         self.name = ("torch-bf16" if bf16 else "torch") + ("+compile" if compile else "")
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
