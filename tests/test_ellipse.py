@@ -153,3 +153,61 @@ def test_boundary_sharpness_is_the_gradient_magnitude() -> None:
     np.testing.assert_allclose(g[:2], math.hypot(0.02, 0.01), rtol=1e-5)
     # At the map's edge the one-sided difference halves, but stays finite.
     assert np.all(np.isfinite(g)) and np.all(g > 0)
+
+
+def test_uniformly_weighted_fit_equals_the_unweighted_fit() -> None:
+    rng = np.random.default_rng(3)
+    pts = ellipse_points(Ellipse(210.5, 140.2, 95.0, 61.0, 0.7), 300) + rng.normal(0, 0.4, (300, 2))
+    plain = fit_ellipse(pts, robust=False).ellipse
+    weighted = fit_ellipse(pts, weights=np.full(300, 2.5), robust=False).ellipse
+    for attr in ("cx", "cy", "a", "b"):
+        assert getattr(weighted, attr) == pytest.approx(getattr(plain, attr), rel=1e-5)
+    assert weighted.perimeter == pytest.approx(plain.perimeter, rel=1e-6)
+
+
+def test_weights_discount_uncertain_points() -> None:
+    """Points pushed outwards on one side count little when their weight is small."""
+    e = Ellipse(200, 150, 90, 60, 0.0)
+    pts = ellipse_points(e, 360)
+    side = pts[:, 0] > e.cx + 0.7 * e.a
+    pts[side, 0] += 4.0  # a biased wall
+    w = np.where(side, 0.01, 1.0)
+    assert fit_ellipse(pts, weights=w).ellipse.perimeter == pytest.approx(e.perimeter, rel=2e-3)
+    assert fit_ellipse(pts).ellipse.perimeter > e.perimeter * 1.005
+    # Zero weight leaves points out entirely.
+    w0 = np.where(side, 0.0, 1.0)
+    fit = fit_ellipse(pts, weights=w0, robust=False)
+    assert fit.ellipse.perimeter == pytest.approx(e.perimeter, rel=1e-6)
+    assert fit.n_inliers == int((~side).sum())
+
+
+@pytest.mark.parametrize(
+    "weights", [np.ones(10), -np.ones(20), np.r_[np.ones(19), np.nan], np.r_[np.ones(4), [0] * 16]]
+)
+def test_bad_weights_are_refused(weights) -> None:
+    pts = ellipse_points(Ellipse(50, 50, 30, 20, 0.0), 20)
+    with pytest.raises(ValueError, match="weights|at least 5"):
+        fit_ellipse(pts, weights=weights)
+
+
+@pytest.mark.parametrize("where", ["middle", "corner", "edge", "two_regions"])
+def test_contour_search_on_the_head_box_matches_the_whole_map(where: str) -> None:
+    """find_head_contour scans only the region's bounding box; the result must not change."""
+    from skimage import measure
+
+    shape = (120, 170)
+    centres = {"middle": [(85, 60)], "corner": [(5, 4)], "edge": [(169, 60)]}
+    centres["two_regions"] = [(40, 40), (130, 80)]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    prob = np.zeros(shape, np.float32)
+    for i, (cx, cy) in enumerate(centres[where]):
+        r = np.hypot((xx - cx) / (30 - 5 * i), (yy - cy) / (20 - 3 * i))
+        prob = np.maximum(prob, np.clip(1.5 - r, 0, 1))
+    padded = np.pad(prob, 1)
+    whole = max(
+        (c[:, ::-1] - 1.0 for c in measure.find_contours(padded, 0.5, fully_connected="high")),
+        key=lambda c: abs(np.sum(c[:, 0] * np.roll(c[:, 1], -1) - c[:, 1] * np.roll(c[:, 0], -1))),
+    )
+    pts, _ = find_head_contour(prob)
+    np.testing.assert_allclose(pts, whole, atol=1e-9)
+    assert find_head_contour(np.zeros(shape, np.float32)) is None

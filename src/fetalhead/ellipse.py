@@ -125,8 +125,52 @@ def _from_cv(box: tuple[tuple[float, float], tuple[float, float], float]) -> Ell
     return Ellipse(float(cx), float(cy), float(w) / 2.0, float(h) / 2.0, math.radians(deg))
 
 
-def _fit_direct(points: NDArray[np.float64]) -> Ellipse:
-    return _from_cv(cv2.fitEllipseDirect(np.ascontiguousarray(points, dtype=np.float32)))
+def _fit_direct(points: NDArray[np.float64], weights: NDArray[np.float64] | None = None) -> Ellipse:
+    if weights is None:
+        return _from_cv(cv2.fitEllipseDirect(np.ascontiguousarray(points, dtype=np.float32)))
+    return _fit_direct_weighted(points, weights)
+
+
+def _fit_direct_weighted(points: NDArray[np.float64], weights: NDArray[np.float64]) -> Ellipse:
+    """Weighted Fitzgibbon fit (Halir and Flusser's stable form) on normalised points.
+
+    Minimises ``sum(w * conic(p)**2)`` under ``4AC - B**2 = 1``. Returns an
+    ellipse with NaN parameters where the points determine none.
+    """
+    w = weights / weights.sum()
+    centre = w @ points
+    scale = math.sqrt(float(w @ ((points - centre) ** 2).sum(axis=1))) or 1.0
+    x, y = ((points - centre) / scale).T
+    quad = np.stack([x * x, x * y, y * y], axis=1)
+    lin = np.stack([x, y, np.ones_like(x)], axis=1)
+    wq, wl = w[:, None] * quad, w[:, None] * lin
+    s1, s2, s3 = quad.T @ wq, quad.T @ wl, lin.T @ wl
+    nan = Ellipse(math.nan, math.nan, math.nan, math.nan, 0.0)
+    try:
+        t = -np.linalg.solve(s3, s2.T)
+        m = s1 + s2 @ t
+        _, vecs = np.linalg.eig(np.stack([m[2] / 2.0, -m[1], m[0] / 2.0]))
+    except np.linalg.LinAlgError:
+        return nan
+    vecs = np.real(vecs)
+    cond = 4.0 * vecs[0] * vecs[2] - vecs[1] ** 2
+    if not np.any(cond > 0):
+        return nan
+    a, b, c = vecs[:, int(np.argmax(cond))]
+    d, e, f = t @ np.array([a, b, c])
+    den = 4.0 * a * c - b * b
+    cx, cy = (b * e - 2.0 * c * d) / den, (b * d - 2.0 * a * e) / den
+    f_centre = a * cx * cx + b * cx * cy + c * cy * cy + d * cx + e * cy + f
+    lam, axes = np.linalg.eigh(np.array([[a, b / 2.0], [b / 2.0, c]]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        semi = np.sqrt(-f_centre / lam)
+    return Ellipse(
+        float(centre[0] + scale * cx),
+        float(centre[1] + scale * cy),
+        float(scale * semi[0]),
+        float(scale * semi[1]),
+        math.atan2(axes[1, 0], axes[0, 0]),
+    )
 
 
 def _geometric_residuals(e: Ellipse, points: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -146,45 +190,61 @@ def _geometric_residuals(e: Ellipse, points: NDArray[np.float64]) -> NDArray[np.
 def fit_ellipse(
     points: NDArray[np.floating],
     *,
+    weights: NDArray[np.floating] | None = None,
     robust: bool = True,
     max_iter: int = 5,
-    cutoff: float = 3.0,
+    cutoff: float = 4.685,
 ) -> EllipseFit:
-    """Fit an ellipse to boundary points with optional outlier rejection.
+    """Fit an ellipse to boundary points, optionally weighted and robust to outliers.
 
-    The fit is Fitzgibbon's direct least-squares ellipse fit. With ``robust``,
-    points whose geometric residual exceeds ``cutoff`` robust standard
-    deviations (and at least one pixel) are dropped and the fit repeated, so a
-    stray blob or a flat field-of-view edge does not drag the ellipse.
+    The fit is Fitzgibbon's direct least-squares ellipse fit, weighted when
+    ``weights`` are given. With ``robust``, it is refined by ``max_iter`` rounds
+    of iteratively reweighted least squares with Tukey's biweight on the
+    geometric residuals: points farther than ``cutoff`` robust standard
+    deviations (and at least one pixel) get weight 0, nearer ones a weight that
+    falls smoothly with the residual. A stray blob or a flat field-of-view edge
+    then does not drag the ellipse, and, unlike a hard rejection, a tiny change
+    of the points changes the ellipse only a little.
 
     Args:
         points: ``(N, 2)`` array of ``(x, y)`` boundary points, ``N >= 5``.
-        robust: Iteratively reject outlying points.
-        max_iter: Maximum number of rejection rounds.
-        cutoff: Rejection threshold in robust standard deviations.
+        weights: Optional ``(N,)`` non-negative weights, e.g. inverse variances of
+            the points' positions. Points of weight 0 are left out.
+        robust: Downweight outlying points (Tukey's biweight).
+        max_iter: Number of reweighting rounds.
+        cutoff: Biweight cut-off in robust standard deviations (4.685: 95 %
+            efficiency for Gaussian residuals).
 
     Returns:
-        The fit and its diagnostics.
+        The fit and its diagnostics: ``rms_residual_px`` is weighted like the fit,
+        ``n_inliers`` counts the points of positive final weight.
 
     Raises:
-        ValueError: If fewer than 5 points are given.
+        ValueError: If fewer than 5 points have positive weight, or the weights
+            do not match the points.
 
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if len(pts) < 5:
-        raise ValueError(f"need at least 5 points to fit an ellipse, got {len(pts)}")
-    keep = np.ones(len(pts), dtype=bool)
-    e = _fit_direct(pts)
+    w = np.ones(len(pts)) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if len(w) != len(pts) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"need {len(pts)} finite non-negative weights, got {len(w)}")
+    usable = w > 0
+    if usable.sum() < 5:
+        raise ValueError(f"need at least 5 points to fit an ellipse, got {int(usable.sum())}")
+    pts, w = pts[usable], w[usable]
+    e = _fit_direct(pts, None if weights is None else w)
+    fit_w = w
     for _ in range(max_iter if robust else 0):
         res = _geometric_residuals(e, pts)
-        sigma = 1.4826 * float(np.median(res[keep])) + 1e-6
-        new_keep = res <= max(cutoff * sigma, 1.0)
-        if new_keep.sum() < max(5, len(pts) // 2) or np.array_equal(new_keep, keep):
+        scale = max(cutoff * 1.4826 * float(np.median(res)), 1.0)
+        fit_w = w * np.clip(1.0 - (res / scale) ** 2, 0.0, None) ** 2
+        if np.count_nonzero(fit_w) < 5:
+            fit_w = w
             break
-        keep = new_keep
-        e = _fit_direct(pts[keep])
-    res = _geometric_residuals(e, pts[keep])
-    return EllipseFit(e, float(np.sqrt(np.mean(res**2))), len(pts), int(keep.sum()))
+        e = _fit_direct(pts, fit_w)
+    res = _geometric_residuals(e, pts)
+    rms = math.sqrt(float(np.average(res**2, weights=fit_w)))
+    return EllipseFit(e, rms, len(usable), int(np.count_nonzero(fit_w)))
 
 
 def _polygon_area(c: NDArray[np.float64]) -> float:
@@ -210,12 +270,22 @@ def find_head_contour(
         map, or ``None`` if no region exceeds the level.
 
     """
-    padded = np.pad(np.asarray(prob, dtype=np.float32), 1, constant_values=0.0)
+    p = np.asarray(prob, dtype=np.float32)
+    above = p > level
+    rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+    if len(rows) == 0:
+        return None
+    # Marching squares only where the map exceeds the level, plus a one-pixel margin
+    # (below the level, so no contour crosses it): the same contours, fewer squares.
+    r0, c0 = max(rows[0] - 1, 0), max(cols[0] - 1, 0)
+    crop = p[r0 : rows[-1] + 2, c0 : cols[-1] + 2]
+    padded = np.pad(crop, 1, constant_values=0.0)
+    offset = np.array([c0 - 1.0, r0 - 1.0])
     best: tuple[NDArray[np.float64], float] | None = None
     for c in measure.find_contours(padded, level, fully_connected="high"):
         if len(c) < 6:
             continue
-        xy = c[:, ::-1] - 1.0
+        xy = c[:, ::-1] + offset
         area = _polygon_area(xy)
         if best is None or area > best[1]:
             best = (xy, area)

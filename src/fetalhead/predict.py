@@ -51,12 +51,6 @@ MAX_FIT_RMS_NET_PX = 3.0
 MAX_BORDER_FRACTION = 0.02
 #: Distance (map pixels) from the image edge within which boundary points are "on the border".
 BORDER_TOL_PX = 1.0
-#: Fraction of the head's boundary points, the sharpest, that the ellipse is fitted to. Where
-#: the map changes slowly across the boundary (faint lateral skull walls, parallel to the
-#: beam) its position is uncertain and, on HC18, biased outwards. 0.8 and 0.9 both lowered
-#: ADF on the validation split for two differently trained models, with and without TTA
-#: (MODEL_CARD.md); 0.6 and below made the fit unstable.
-BOUNDARY_KEEP_FRACTION = 0.8
 
 
 class NoWeightsError(FileNotFoundError):
@@ -291,9 +285,15 @@ def postprocess(
 
     ``lowres`` runs marching squares on the network-resolution map and maps the
     sub-pixel contour to original coordinates; ``full`` upsamples the map to the
-    original size first. Both fit the ellipse robustly to the sharpest
-    :data:`BOUNDARY_KEEP_FRACTION` of the largest region's outer boundary
-    (points on the image edge excluded).
+    original size first. Both fit the ellipse robustly to the largest region's
+    outer boundary (points on the image edge excluded), each point weighted by
+    the squared probability gradient there. The position of an iso-contour is
+    uncertain in proportion to ``1 / |grad p|``, so these are inverse-variance
+    weights: where the map changes slowly across the boundary (faint lateral
+    skull walls, parallel to the beam; on HC18 biased outwards) the points count
+    little. Unlike a hard cut (the fit to the sharpest 80 % of points used
+    before), the weights change smoothly with the map, so tiny changes of the
+    map (bfloat16 inference) move HC only a little.
 
     Returns:
         ``(ellipse, contour, confidence, qc_reasons)``.
@@ -319,11 +319,12 @@ def postprocess(
         # image edge, which is not skull: fit the ellipse to the rest.
         if (~on_border).sum() >= max(8, len(pts) // 3):
             pts = pts[~on_border]
-    sharpness = boundary_sharpness(region_map, pts)
-    sharp = sharpness >= np.quantile(sharpness, 1.0 - BOUNDARY_KEEP_FRACTION)
+    weights = boundary_sharpness(region_map, pts) ** 2
     if method == "lowres":
         pts = lb.to_original(pts + np.array(lb.pad))
-    fit = fit_ellipse(pts[sharp])
+    if np.count_nonzero(weights) < 5:
+        return None, None, None, ["no_head_found"]
+    fit = fit_ellipse(pts, weights=weights)
     e = fit.ellipse
     diagonal = math.hypot(lb.in_h, lb.in_w)
     if (
