@@ -56,11 +56,11 @@ def test_load_rejects_foreign_files(tmp_path: Path) -> None:
         Checkpoint.load(junk)
 
 
-def _level_dtypes(
+def _output_dtypes(
     model: ResUNet, x: torch.Tensor, bf16: bool = False
 ) -> tuple[torch.Tensor, dict[str, torch.dtype]]:
     seen: dict[str, torch.dtype] = {}
-    named = {"first": model.down[0], "bridge": model.bridge, "last": model.up_levels[-1]}
+    named = {"stem": model.down[0][0], "bridge": model.bridge, "last": model.up_levels[-1]}
     hooks = [
         m.register_forward_hook(lambda _m, _i, out, k=k: seen.__setitem__(k, out.dtype))
         for k, m in named.items()
@@ -72,14 +72,14 @@ def _level_dtypes(
     return y, seen
 
 
-def test_bf16_inference_keeps_full_resolution_levels_in_float32() -> None:
+def test_bf16_inference_keeps_only_the_first_convolution_in_float32() -> None:
     torch.manual_seed(0)
     model = ResUNet(TINY).eval()
     x = torch.rand(2, 1, *TINY.input_hw)
-    ref, ref_dtypes = _level_dtypes(model, x)
-    y, dtypes = _level_dtypes(model, x, bf16=True)
+    ref, ref_dtypes = _output_dtypes(model, x)
+    y, dtypes = _output_dtypes(model, x, bf16=True)
     assert set(ref_dtypes.values()) == {torch.float32}
-    assert dtypes == {"first": torch.float32, "bridge": torch.bfloat16, "last": torch.float32}
+    assert dtypes == {"stem": torch.float32, "bridge": torch.bfloat16, "last": torch.bfloat16}
     assert y.dtype == torch.float32
     assert torch.allclose(torch.sigmoid(y), torch.sigmoid(ref), atol=0.05)
 
@@ -88,5 +88,5 @@ def test_plain_forward_leaves_an_outer_autocast_in_force() -> None:
     """Training under AMP wraps forward in autocast; the bf16 switch must not undo it."""
     model = ResUNet(TINY).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, dtypes = _level_dtypes(model, torch.rand(1, 1, *TINY.input_hw))
-    assert dtypes["first"] == dtypes["bridge"] == torch.bfloat16
+        _, dtypes = _output_dtypes(model, torch.rand(1, 1, *TINY.input_hw))
+    assert dtypes["stem"] == dtypes["bridge"] == torch.bfloat16

@@ -122,7 +122,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         choices=BACKENDS,
         default="auto",
         help="inference backend (auto: ONNX Runtime if installed, else PyTorch; "
-        "torch-bf16: bfloat16 inner layers on CPUs with AVX-512)",
+        "torch-bf16: bfloat16 after the first convolution, on CPUs with AVX-512; "
+        "see benchmarks/README.md)",
     )
     p.add_argument(
         "--postprocess",

@@ -12,7 +12,6 @@ probability of "head".
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
@@ -97,6 +96,10 @@ class Level(nn.Sequential):
             ResidualBlock(out_ch, end_activation=True),
         )
 
+    def blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The two residual blocks, i.e. the level after its first convolution."""
+        return self[2](self[1](x))
+
 
 class ResUNet(nn.Module):
     """Residual U-Net for binary segmentation of the foetal head."""
@@ -131,49 +134,36 @@ class ResUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(N, 1, H, W)`` images in [0, 1] to ``(N, 1, H, W)`` logits."""
-        return self._levels(x, bf16=False)
+        return self._levels(self.down[0][0](x))
 
     def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
-        """As :meth:`forward`, with the inner levels under bfloat16 autocast.
+        """As :meth:`forward`, in bfloat16 except for the first convolution.
 
-        For inference on CPUs with fast bfloat16. The full-resolution levels
-        (first encoder level, last decoder level, head) stay in float32:
-        rounding the input image and the final boundary to bfloat16 is what
-        moves HC most (see ``benchmarks/README.md``).
+        For inference on CPUs with fast bfloat16 (AVX512-BF16, AMX). The first
+        convolution sees the image itself: rounding intensities ``k / 255`` to
+        bfloat16's 8-bit mantissa is what moves HC most, so it runs in float32
+        (it has one input channel, so this costs little) and only its output is
+        rounded. Returns float32 logits.
         """
-        return self._levels(x, bf16=True)
+        device = x.device.type
+        with torch.autocast(device, enabled=False):
+            stem = self.down[0][0](x.float())
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return self._levels(stem.to(torch.bfloat16)).float()
 
-    def _levels(self, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    def _levels(self, x: torch.Tensor) -> torch.Tensor:
+        """The network after the first convolution (whose output ``x`` is)."""
         skips = []
         for i, (level, drop) in enumerate(zip(self.down, self.drop_down, strict=True)):
-            with _bf16_region(x, bf16, inner=i > 0):
-                x = level(x)
+            x = level.blocks(x) if i == 0 else level(x)
             skips.append(x)
             x = drop(self.pool(x))
-        with _bf16_region(x, bf16, inner=True):
-            x = self.bridge(x)
-        last = len(self.up) - 1
-        for j, (up, drop, level, skip) in enumerate(
-            zip(self.up, self.drop_up, self.up_levels, reversed(skips), strict=True)
+        x = self.bridge(x)
+        for up, drop, level, skip in zip(
+            self.up, self.drop_up, self.up_levels, reversed(skips), strict=True
         ):
-            if bf16 and j == last:
-                x = x.float()
-            with _bf16_region(x, bf16, inner=j < last):
-                x = level(drop(torch.cat([up(x), skip], dim=1)))
+            x = level(drop(torch.cat([up(x), skip], dim=1)))
         return self.head(x)
-
-
-def _bf16_region(
-    x: torch.Tensor, bf16: bool, *, inner: bool
-) -> contextlib.AbstractContextManager[object]:
-    """Autocast context of one network level.
-
-    None unless ``bf16``, so that an outer AMP context (CUDA training) stays in
-    force; else bfloat16 for inner levels and float32 for full-resolution ones.
-    """
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=inner)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -193,7 +193,7 @@ class TorchBackend:
         checkpoint: Model to run.
         device: Torch device.
         channels_last: Use the NHWC memory format (faster convolutions on CPU).
-        bf16: Run the inner network levels in bfloat16 (see
+        bf16: Run the network in bfloat16 after its first convolution (see
             :meth:`fetalhead.model.ResUNet.forward_bf16`); fast on CPUs with native
             bfloat16 (AVX512-BF16, AMX).
         compile: Compile the network with ``torch.compile`` (inductor, frozen
@@ -355,7 +355,8 @@ class HeadMeasurer:
     Args:
         checkpoint: The model and its description.
         backend: ``auto`` (ONNX Runtime if installed, else PyTorch), ``torch``,
-            ``torch-bf16`` (bfloat16 inner levels, CPUs with AVX-512) or ``onnx``.
+            ``torch-bf16`` (bfloat16 after the first convolution, CPUs with AVX-512)
+            or ``onnx``.
         tta: Average with a left-right flipped pass. ``None`` (default): as the
             checkpoint recommends (``meta["inference"]["tta"]``, the setting its
             model-card metrics were measured with), else off.
