@@ -346,3 +346,33 @@ def test_ellipse_fit_ignores_a_blurred_outward_wall() -> None:
     unweighted = fit_ellipse(find_head_contour(prob)[0]).ellipse
     assert abs(e.perimeter - true.perimeter) < 0.5 < abs(unweighted.perimeter - true.perimeter)
 
+
+def test_worker_processes_write_the_same_rows_in_order(tiny_checkpoint, tmp_path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(11):
+        img, _ = synthetic_scan(Ellipse(200, 135, 60 + 3 * i, 45, 0.2 * i), seed=i)
+        cv2.imwrite(str(src / f"{i:03d}_HC.png"), img)
+    (src / "005_bad_HC.png").write_bytes(b"not an image")
+    common = ["--pixel-size", "0.1", "--backend", "torch", "--batch-size", "3", "--overlays"]
+    assert predict_cli([src], tmp_path / "one", tiny_checkpoint, *common, "--processes", "1") == 0
+    assert predict_cli([src], tmp_path / "two", tiny_checkpoint, *common, "--processes", "2") == 0
+    one = read_rows(tmp_path / "one" / "predictions.csv")
+    two = read_rows(tmp_path / "two" / "predictions.csv")
+    assert [r["filename"] for r in two] == sorted(p.name for p in src.iterdir())
+    assert two == one
+    assert next(r for r in two if r["filename"] == "005_bad_HC.png")["qc"] == "unreadable"
+    assert len(list((tmp_path / "two" / "overlays").iterdir())) == 11
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["options"]["processes"] == 2
+
+
+def test_default_processes(monkeypatch) -> None:
+    from fetalhead import batch
+
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 2)
+    assert batch.default_processes("torch-bf16", 1000) == 2
+    assert batch.default_processes("torch", batch.MIN_FILES_FOR_PROCESSES - 1) == 1
+    assert batch.default_processes("onnx", 1000) == 1
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 1)
+    assert batch.default_processes("torch", 1000) == 1

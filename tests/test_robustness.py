@@ -38,13 +38,25 @@ def rows_of(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_interrupted_predict_resumes_without_loss(folder, tiny_checkpoint, tmp_path, sig) -> None:
+@pytest.mark.parametrize(
+    ("sig", "processes"),
+    [
+        (signal.SIGTERM, 1),
+        (signal.SIGINT, 1),
+        (signal.SIGKILL, 1),
+        (signal.SIGTERM, 2),
+        (signal.SIGKILL, 2),
+    ],
+)
+def test_interrupted_predict_resumes_without_loss(
+    folder, tiny_checkpoint, tmp_path, sig, processes
+) -> None:
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "fetalhead.cli", "predict", str(folder), "--out", str(out),
         "--pixel-size", "0.1", "--weights", str(tiny_checkpoint), "--backend", "torch",
-        "--batch-size", "1", "--threads", "1", "--no-progress", "--quiet", "--overlays",
+        "--batch-size", "1", "--threads", str(processes), "--no-progress", "--quiet",
+        "--overlays", "--processes", str(processes),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pred = out / "predictions.csv"
@@ -60,7 +72,7 @@ def test_interrupted_predict_resumes_without_loss(folder, tiny_checkpoint, tmp_p
         assert "rerun with --resume" in err and "Traceback" not in err
     first = rows_of(pred)
     assert 0 < len(first) < 60
-    assert main([*cmd[3:], "--resume"]) == 0
+    assert main([*cmd[3:-2], "--processes", "1", "--resume"]) == 0
     final = rows_of(pred)
     names = [r["filename"] for r in final]
     assert sorted(names) == sorted(f"{i:03d}_HC.png" for i in range(60))

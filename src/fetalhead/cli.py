@@ -133,8 +133,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "or from the sub-pixel contour of the network-resolution map (lowres, faster)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="images per network batch")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads")
-    p.add_argument("--threads", type=int, help="inference CPU threads (default: all cores)")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (one process)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="worker processes, each decoding, inferring and post-processing whole batches "
+        "(default: 2 for the torch backends on 2+ cores and 64+ images, else 1)",
+    )
+    p.add_argument("--threads", type=int, help="inference CPU threads in all (default: all cores)")
     p.add_argument(
         "--compile",
         action="store_true",
@@ -193,13 +199,20 @@ def _measurer(args: argparse.Namespace):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from fetalhead.batch import BatchOptions, PixelSizes, collect_inputs, run_batch
+    from fetalhead.batch import (
+        BatchOptions,
+        PixelSizes,
+        collect_inputs,
+        default_processes,
+        run_batch,
+    )
 
-    if args.batch_size < 1 or args.workers < 1:
-        raise ValueError("--batch-size and --workers must be at least 1")
+    if args.batch_size < 1 or args.workers < 1 or (args.processes or 1) < 1:
+        raise ValueError("--batch-size, --workers and --processes must be at least 1")
     sizes = PixelSizes.from_options(args.pixel_size, args.pixel_size_csv)
     inputs = collect_inputs(args.paths)
     measurer = _measurer(args)
+    processes = args.processes or default_processes(measurer.backend_name, len(inputs))
     opts = BatchOptions(
         out_dir=Path(args.out),
         save_masks=args.save_masks,
@@ -209,9 +222,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         workers=args.workers,
+        processes=processes,
+        threads=args.threads,
         progress=not args.no_progress,
     )
-    summary = run_batch(measurer, inputs, sizes, opts, run_options=vars(args))
+    summary = run_batch(
+        measurer, inputs, sizes, opts, run_options={**vars(args), "processes": processes}
+    )
     if not args.quiet:
         _print_table(summary.rows)
     print(

@@ -384,6 +384,13 @@ class HeadMeasurer:
         self.tta = bool(recommended if tta is None else tta)
         self.postprocess_method: PostprocessName = postprocess
         self.weights_path = weights_path
+        #: What the measurer was asked for, to build equal ones (e.g. in worker processes).
+        self.settings: dict[str, Any] = {
+            "backend": backend,
+            "tta": self.tta,
+            "postprocess": postprocess,
+            "compile": compile,
+        }
         if threads:
             torch.set_num_threads(threads)
         self.backend = _make_backend(checkpoint, backend, compile)
