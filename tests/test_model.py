@@ -1,10 +1,11 @@
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import TINY
-from fetalhead.model import Checkpoint, ModelConfig, ResUNet, count_parameters
+from fetalhead.model import Checkpoint, ModelConfig, ResUNet, count_parameters, fold_batchnorm
 
 
 def test_reference_size_parameter_count() -> None:
@@ -90,3 +91,27 @@ def test_plain_forward_leaves_an_outer_autocast_in_force() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, dtypes = _output_dtypes(model, torch.rand(1, 1, *TINY.input_hw))
     assert dtypes["stem"] == dtypes["bridge"] == torch.bfloat16
+
+
+def test_batchnorm_folding_keeps_the_function() -> None:
+    torch.manual_seed(0)
+    model = ResUNet(TINY)
+    # Non-trivial running statistics, as after training.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.rand(2, 1, *TINY.input_hw)
+    with torch.inference_mode():
+        ref = model(x)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batchnorm(copy.deepcopy(model))
+    left = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert left == n_bn - 2 * (2 * TINY.depth + 1)  # one per residual block
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="inference"):
+        fold_batchnorm(ResUNet(TINY).train())

@@ -70,7 +70,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=False),
+            nn.ReLU(inplace=True),  # on the BatchNorm output, not on x
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
@@ -164,6 +164,34 @@ class ResUNet(nn.Module):
         ):
             x = level(drop(torch.cat([up(x), skip], dim=1)))
         return self.head(x)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: ResUNet) -> ResUNet:
+    """Fold each residual block's middle BatchNorm into the convolution before it.
+
+    For inference (eval mode) only: the result computes the same function
+    with one memory pass fewer per block. The other BatchNorms follow an
+    addition or feed the identity path, so they cannot be folded.
+
+    Returns:
+        ``model``, changed in place.
+
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm is for inference: call model.eval() first")
+    for block in model.modules():
+        if not isinstance(block, ResidualBlock) or not isinstance(block.body[3], nn.BatchNorm2d):
+            continue
+        conv, bn = block.body[2], block.body[3]
+        if not isinstance(conv, nn.Conv2d) or bn.running_var is None or bn.running_mean is None:
+            continue
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight.mul_(scale[:, None, None, None])
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+        block.body[3] = nn.Identity()
+    return model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -30,7 +30,7 @@ from fetalhead.io import (
     to_uint8_gray,
     validate_pixel_size,
 )
-from fetalhead.model import Checkpoint, ModelConfig, file_sha256
+from fetalhead.model import Checkpoint, ModelConfig, file_sha256, fold_batchnorm
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """PyTorch inference with BN folded into eval mode and ``inference_mode``.
+    """PyTorch inference in eval mode, with foldable BatchNorms folded, under ``inference_mode``.
 
     Args:
         checkpoint: Model to run.
@@ -213,7 +213,7 @@ class TorchBackend:
         compile: bool = False,
     ):
         self.device = torch.device(device)
-        self.model = checkpoint.build().to(self.device)
+        self.model = fold_batchnorm(checkpoint.build()).to(self.device)
         self.channels_last = channels_last
         self.name = ("torch-bf16" if bf16 else "torch") + ("+compile" if compile else "")
         if channels_last:
