@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,6 +51,7 @@ class Variant:
     threaded_decode: bool
     compile: bool = False
     tta: bool = False
+    processes: int = 1
 
     @property
     def exact(self) -> bool:
@@ -61,16 +62,26 @@ class Variant:
 VARIANTS = [
     Variant("torch eager fp32, batch 1 (baseline)", "torch", 1, False, "full", False),
     Variant("torch fp32, batch 8, channels_last", "torch", 8, True, "full", True),
+    Variant("torch fp32, batch 8, 2 processes", "torch", 8, True, "full", False, processes=2),
     Variant("onnxruntime fp32, batch 1", "onnx", 1, False, "full", True),
     Variant("onnxruntime fp32, batch 8", "onnx", 8, False, "full", True),
+    Variant("onnxruntime fp32, batch 8, 2 processes", "onnx", 8, False, "full", False, processes=2),
     Variant("onnxruntime fp32, batch 8, flip TTA", "onnx", 8, False, "full", True, tta=True),
     Variant("onnxruntime fp32, batch 8, lowres post", "onnx", 8, False, "lowres", True),
     Variant("onnxruntime int8 (static QDQ), batch 8", "onnx-int8", 8, False, "full", True),
     Variant("torch fp32 compiled, batch 8, NHWC", "torch", 8, True, "full", True, True),
-    Variant("torch bf16 inner levels, batch 8, NHWC", "torch-bf16", 8, True, "full", True),
-    Variant("torch bf16 inner compiled, batch 8", "torch-bf16", 8, True, "full", True, True),
+    Variant("torch bf16, batch 8", "torch-bf16", 8, True, "full", True),
+    Variant("torch bf16 compiled, batch 8", "torch-bf16", 8, True, "full", True, True),
+    Variant("torch bf16, batch 8, 2 processes", "torch-bf16", 8, True, "full", False, processes=2),
     Variant(
-        "torch bf16 compiled, batch 8, lowres post", "torch-bf16", 8, True, "lowres", True, True
+        "torch bf16 compiled, batch 8, 2 processes",
+        "torch-bf16",
+        8,
+        True,
+        "full",
+        False,
+        compile=True,
+        processes=2,
     ),
 ]
 
@@ -78,11 +89,15 @@ VARIANTS = [
 def build_measurer(v: Variant, weights: Path, calibration: list[Path]) -> HeadMeasurer:
     """The measurer of one variant (int8: quantised with ``calibration`` images)."""
     backend = "onnx" if v.backend == "onnx-int8" else v.backend
-    m = HeadMeasurer.from_pretrained(weights, backend=backend, postprocess=v.post, tta=v.tta)  # type: ignore[arg-type]
-    if v.backend == "torch":
-        m.backend = TorchBackend(m.checkpoint, channels_last=v.channels_last, compile=v.compile)
-    elif v.backend == "torch-bf16":
-        m.backend = TorchBackend(m.checkpoint, bf16=True, compile=v.compile)
+    m = HeadMeasurer.from_pretrained(
+        weights,
+        backend=backend,  # type: ignore[arg-type]
+        postprocess=v.post,  # type: ignore[arg-type]
+        tta=v.tta,
+        compile=v.compile,
+    )
+    if v.backend == "torch" and not v.channels_last:
+        m.backend = TorchBackend(m.checkpoint, channels_last=False, compile=v.compile)
     elif v.backend == "onnx-int8":
         from fetalhead.onnx import OnnxBackend, export_onnx_bytes, quantize_int8
 
@@ -94,6 +109,8 @@ def build_measurer(v: Variant, weights: Path, calibration: list[Path]) -> HeadMe
 def run_variant(
     v: Variant, weights: Path, files: list[Path], px: float, calibration: list[Path]
 ) -> tuple[dict[str, float], list[float]]:
+    if v.processes > 1:
+        return run_processes(v, weights, files, px, calibration)
     m = build_measurer(v, weights, calibration)
     cfg = m.config
     # warm-up (and, for compiled variants, compilation: reported, not timed)
@@ -134,6 +151,32 @@ def run_variant(
     n = len(files)
     stats = {k: 1000 * s / n for k, s in stages.items()}
     return {"total": total, "ips": n / total, "warmup": warmup, **stats}, hcs
+
+
+def run_processes(
+    v: Variant, weights: Path, files: list[Path], px: float, calibration: list[Path]
+) -> tuple[dict[str, float], list[float]]:
+    """Time ``run_batch`` with a warm pool of worker processes (stages are not separable)."""
+    from fetalhead.batch import BatchOptions, InputFile, MeasuringPool, PixelSizes, run_batch
+
+    m = build_measurer(v, weights, calibration)
+    sizes = PixelSizes(value_mm=px)
+    with tempfile.TemporaryDirectory() as d, MeasuringPool(m, v.processes) as pool:
+        t = time.perf_counter()
+        # warm-up: every worker starts (imports torch, loads the model) and runs a batch
+        warm = [InputFile(files[0], f"warm{i}.png") for i in range(v.batch * v.processes)]
+        opts = BatchOptions(Path(d) / "warm", batch_size=v.batch, progress=False)
+        run_batch(m, warm, sizes, opts, pool=pool)
+        warmup = time.perf_counter() - t
+        inputs = [InputFile(p, f"{i:05d}_{p.name}") for i, p in enumerate(files)]
+        opts = BatchOptions(Path(d) / "out", batch_size=v.batch, progress=False)
+        t = time.perf_counter()
+        summary = run_batch(m, inputs, sizes, opts, pool=pool)
+        total = time.perf_counter() - t
+    hcs = [float("nan") if r["hc_mm"] is None else float(r["hc_mm"]) for r in summary.rows]
+    nan = float("nan")
+    stages = {"decode": nan, "preprocess": nan, "model": nan, "post": nan}
+    return {"total": total, "ips": len(files) / total, "warmup": warmup, **stages}, hcs
 
 
 def validation_accuracy(
@@ -185,8 +228,40 @@ def model_flops(weights: Path) -> float:
     return float(counter.get_total_flops())
 
 
-def peak_rss_mb(weights: Path, source: list[Path], n: int, backend: str) -> float:
-    """Peak RSS of a ``fetalhead predict`` child process on an n-image folder."""
+def _tree_memory_kb(root: int) -> tuple[int, int]:
+    """Summed RSS and PSS (kB) of a process and its descendants, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    rss = pss = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    kb = int(value.split()[0])
+                    rss, pss = (rss + kb, pss) if key == "Rss" else (rss, pss + kb)
+        except (OSError, ValueError):
+            continue
+    return rss, pss
+
+
+def peak_memory_mb(
+    weights: Path, source: list[Path], n: int, backend: str
+) -> tuple[float, float, int]:
+    """Peak summed RSS and PSS (MB) of ``fetalhead predict`` and its workers on n images.
+
+    Sampled every 50 ms from /proc, so a peak shorter than that can be missed; PSS
+    shares pages that several processes map (the libraries) out among them.
+    """
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d) / "images"
         folder.mkdir()
@@ -196,15 +271,22 @@ def peak_rss_mb(weights: Path, source: list[Path], n: int, backend: str) -> floa
                 os.link(src, folder / f"{i:05d}_HC.png")
             except OSError:
                 (folder / f"{i:05d}_HC.png").write_bytes(src.read_bytes())
+        out = Path(d) / "out"
         cmd = [
-            sys.executable, "-m", "fetalhead.cli", "predict", str(folder), "--out",
-            str(Path(d) / "out"), "--pixel-size", "0.1", "--weights", str(weights),
-            "--backend", backend, "--no-progress", "--quiet",
+            sys.executable, "-m", "fetalhead.cli", "predict", str(folder), "--out", str(out),
+            "--pixel-size", "0.1", "--weights", str(weights), "--backend", backend,
+            "--no-progress", "--quiet",
         ]  # fmt: skip
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        return max(before, after) / 1024
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak_rss = peak_pss = 0
+        while proc.poll() is None:
+            rss, pss = _tree_memory_kb(proc.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.05)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
+        processes = json.loads((out / "run.json").read_text())["options"]["processes"]
+        return peak_rss / 1024, peak_pss / 1024, processes
 
 
 def main() -> None:
@@ -220,6 +302,9 @@ def main() -> None:
         help="labelled folder (e.g. ../shared/data/hc18/training_set): report the ADF and DSC "
         "of the variants that change results on the checkpoint's validation split, and "
         "calibrate int8 on 32 of its training images instead of the benchmark images",
+    )
+    ap.add_argument(
+        "--only", help="run only the variants whose name contains this text (and the baseline)"
     )
     args = ap.parse_args()
 
@@ -241,7 +326,7 @@ def main() -> None:
         pool = [c.image for c in find_cases(args.val_data) if c.image.name not in val]
         calibration = pool[:: max(1, len(pool) // 32)][:32]
     results = []
-    variants = VARIANTS
+    variants = [v for v in VARIANTS if v is VARIANTS[0] or not args.only or args.only in v.name]
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -265,29 +350,39 @@ def main() -> None:
         both = np.isfinite(hc) & np.isfinite(base_hc)
         dhc = float(np.max(np.abs(hc[both] - base_hc[both]))) if both.any() else float("nan")
         gflops = flops / (s["model"] / 1000) / 1e9
+
+        def num(x: float, width: int) -> str:
+            return f"{x:{width}.1f}" if np.isfinite(x) else f"{'-':>{width}}"
+
         print(
             f"| {v.name:<40} | {s['ips']:5.1f} | {s['ips'] / base_stats['ips']:7.2f}x "
-            f"| {s['decode']:9.1f} | {s['preprocess']:13.1f} | {s['model']:8.1f} "
-            f"| {s['post']:7.1f} | {gflops:13.1f} | {dhc:28.3f} |"
+            f"| {num(s['decode'], 9)} | {num(s['preprocess'], 13)} | {num(s['model'], 8)} "
+            f"| {num(s['post'], 7)} | {num(gflops, 13)} | {dhc:28.3f} |"
         )
     print(
         "\nStage times are per image; decode overlaps inference when threaded, so "
-        "stages can sum to more than 1000/img/s."
+        "stages can sum to more than 1000/img/s. Rows with 2 processes time the whole "
+        "batch run (decode, inference and post-processing interleave in the workers), "
+        "after a warm-up that starts the workers."
     )
     for v, s, _ in results:
-        if v.compile:
-            print(f"one-off compilation + first batch, {v.name}: {s['warmup']:.1f} s")
+        if v.compile or v.processes > 1:
+            what = "compilation" if v.compile else "worker start"
+            print(f"one-off {what} + first batch, {v.name}: {s['warmup']:.1f} s")
     if args.val_data:
         reference = next(v for v in variants if v.exact)
-        changed = [v for v in variants if not v.exact]
+        # Worker processes compute what the same variant does in one process.
+        changed = [v for v in variants if not v.exact and v.processes == 1]
         validation_accuracy([reference, *changed], args.weights, args.val_data, calibration)
     if args.memory_n:
         # The CLI's two exact backends, with the weights' default settings (TTA for the
-        # shipped weights).
+        # shipped weights) and the CLI's default number of processes.
         for backend in sorted({v.backend for v in variants} & {"torch", "onnx"}, reverse=True):
-            rss = peak_rss_mb(args.weights, source, args.memory_n, backend)
+            rss, pss, procs = peak_memory_mb(args.weights, source, args.memory_n, backend)
             print(
-                f"peak RSS, fetalhead predict on {args.memory_n} images ({backend}): {rss:.0f} MB"
+                f"peak memory, fetalhead predict on {args.memory_n} images ({backend}, "
+                f"{procs} process{'es' if procs > 1 else ''}): PSS {pss:.0f} MB, "
+                f"RSS summed over processes {rss:.0f} MB"
             )
 
 
