@@ -376,3 +376,21 @@ def test_default_processes(monkeypatch) -> None:
     assert batch.default_processes("onnx", 1000) == 1
     monkeypatch.setattr(batch.os, "cpu_count", lambda: 1)
     assert batch.default_processes("torch", 1000) == 1
+
+
+def test_lowres_postprocess_agrees_with_full_on_real_images() -> None:
+    """The network-resolution contour gives the full-resolution HC to within 0.1 mm."""
+    from fetalhead.predict import DEFAULT_WEIGHTS, postprocess, preprocess
+
+    m = HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS, backend="torch", tta=False)
+    px = {
+        r["filename"]: float(r["pixel size(mm)"])
+        for r in csv.DictReader(open(EXAMPLES / "pixel_size.csv"))
+    }
+    for name, size in px.items():
+        x, lb = preprocess(read_gray(EXAMPLES / name), m.config)
+        prob = m._probabilities(x[None, None])[0]
+        full, _, _, qc_full = postprocess(prob, lb, "full")
+        low, _, _, qc_low = postprocess(prob, lb, "lowres")
+        assert qc_low == qc_full, name
+        assert abs(full.perimeter - low.perimeter) * size < 0.1, name

@@ -293,26 +293,32 @@ def find_head_contour(
 
 
 def boundary_sharpness(
-    prob: NDArray[np.floating], points: NDArray[np.float64]
+    prob: NDArray[np.floating],
+    points: NDArray[np.float64],
+    step: tuple[float, float] = (1.0, 1.0),
 ) -> NDArray[np.float64]:
     """Gradient magnitude of a probability map at sub-pixel boundary points.
 
-    Central differences of bilinear samples, one pixel either side. A steep
+    Central differences of bilinear samples, ``step`` either side. A steep
     transition means the map is sure where the boundary lies; a shallow one
     (a faint wall, a blurred edge) means it is not.
 
     Args:
         prob: 2-D probability map.
         points: ``(N, 2)`` array of ``(x, y)`` map coordinates.
+        step: ``(x, y)`` half-width of the differences in map pixels. On a
+            downsampled map, one original pixel (``lb.scale``) gives the
+            gradients that the upsampled map would.
 
     Returns:
-        ``(N,)`` gradient magnitudes in probability per pixel.
+        ``(N,)`` gradient magnitudes in probability per map pixel.
 
     """
     p = np.asarray(prob, dtype=np.float32)
     x, y = points[:, 0], points[:, 1]
-    gx = 0.5 * (_bilinear(p, x + 1.0, y) - _bilinear(p, x - 1.0, y))
-    gy = 0.5 * (_bilinear(p, x, y + 1.0) - _bilinear(p, x, y - 1.0))
+    sx, sy = step
+    gx = (_bilinear(p, x + sx, y) - _bilinear(p, x - sx, y)) / (2.0 * sx)
+    gy = (_bilinear(p, x, y + sy) - _bilinear(p, x, y - sy)) / (2.0 * sy)
     return np.hypot(gx, gy)
 
 
