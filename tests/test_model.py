@@ -61,7 +61,8 @@ def _output_dtypes(
     model: ResUNet, x: torch.Tensor, bf16: bool = False
 ) -> tuple[torch.Tensor, dict[str, torch.dtype]]:
     seen: dict[str, torch.dtype] = {}
-    named = {"stem": model.down[0][0], "bridge": model.bridge, "last": model.up_levels[-1]}
+    named = {"stem": model.down[0][0], "first": model.down[0][2], "bridge": model.bridge}
+    named["last"] = model.up_levels[-1]
     hooks = [
         m.register_forward_hook(lambda _m, _i, out, k=k: seen.__setitem__(k, out.dtype))
         for k, m in named.items()
@@ -73,14 +74,19 @@ def _output_dtypes(
     return y, seen
 
 
-def test_bf16_inference_keeps_only_the_first_convolution_in_float32() -> None:
+def test_bf16_inference_keeps_the_first_convolution_and_its_stream_in_float32() -> None:
     torch.manual_seed(0)
     model = ResUNet(TINY).eval()
     x = torch.rand(2, 1, *TINY.input_hw)
     ref, ref_dtypes = _output_dtypes(model, x)
     y, dtypes = _output_dtypes(model, x, bf16=True)
     assert set(ref_dtypes.values()) == {torch.float32}
-    assert dtypes == {"stem": torch.float32, "bridge": torch.bfloat16, "last": torch.bfloat16}
+    assert dtypes == {
+        "stem": torch.float32,
+        "first": torch.float32,
+        "bridge": torch.bfloat16,
+        "last": torch.bfloat16,
+    }
     assert y.dtype == torch.float32
     assert torch.allclose(torch.sigmoid(y), torch.sigmoid(ref), atol=0.05)
 

@@ -137,19 +137,23 @@ class ResUNet(nn.Module):
         return self._levels(self.down[0][0](x))
 
     def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
-        """As :meth:`forward`, in bfloat16 except for the first convolution.
+        """As :meth:`forward`, with the convolutions after the first one in bfloat16.
 
         For inference on CPUs with fast bfloat16 (AVX512-BF16, AMX). The first
-        convolution sees the image itself: rounding intensities ``k / 255`` to
-        bfloat16's 8-bit mantissa is what moves HC most, so it runs in float32
-        (it has one input channel, so this costs little) and only its output is
-        rounded. Returns float32 logits.
+        convolution sees the image itself (rounding intensities ``k / 255`` to
+        bfloat16's 8-bit mantissa is what moves HC most), so it runs in float32;
+        it has one input channel, so this costs little. Its output stays float32
+        through the first level's residual additions, which also feed the skip
+        connection to the last decoder level: rounding that stream was what still
+        moved HC by more than 0.1 mm on a few images. Every later convolution,
+        and every level that starts with one, runs in bfloat16 under autocast.
+        Returns float32 logits.
         """
         device = x.device.type
         with torch.autocast(device, enabled=False):
             stem = self.down[0][0](x.float())
         with torch.autocast(device, dtype=torch.bfloat16):
-            return self._levels(stem.to(torch.bfloat16)).float()
+            return self._levels(stem).float()
 
     def _levels(self, x: torch.Tensor) -> torch.Tensor:
         """The network after the first convolution (whose output ``x`` is)."""
