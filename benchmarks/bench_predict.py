@@ -8,8 +8,9 @@ Usage (from the repository root, after ``bash scripts/setup.sh``):
 Prints images/s and per-stage time (decode, preprocess, model, post-process)
 for each variant, its speed-up over the PyTorch eager fp32 batch-1 baseline,
 the largest HC difference from that baseline, the model's FLOPs per image and
-the achieved GFLOP/s, and the peak resident memory of ``fetalhead predict`` on
-a 1,000-image folder.
+the achieved GFLOP/s, and the peak memory of ``fetalhead predict`` (with its
+worker processes) on a 1,000-image folder. ``--repeats R`` runs all variants R
+times in turn and reports medians, since a shared machine's speed drifts.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ VARIANTS = [
     Variant("torch bf16, batch 8", "torch-bf16", 8, True, "full", True),
     Variant("torch bf16 compiled, batch 8", "torch-bf16", 8, True, "full", True, True),
     Variant("torch bf16, batch 8, 2 processes", "torch-bf16", 8, True, "full", False, processes=2),
+    Variant(
+        "torch bf16, batch 8, 2 processes, lowres post",
+        "torch-bf16",
+        8,
+        True,
+        "lowres",
+        False,
+        processes=2,
+    ),
     Variant(
         "torch bf16 compiled, batch 8, 2 processes",
         "torch-bf16",
@@ -200,7 +210,7 @@ def validation_accuracy(
     _, ref_adf, ref_dsc, ref_hc = rows[0]
     print(f"\n# accuracy on the checkpoint's validation split: {len(cases)} images of {data}")
     header = (
-        f"| {'variant':<40} | ADF mm | ΔADF mm | DSC % | ΔDSC pp "
+        f"| {'variant':<46} | ADF mm | ΔADF mm | DSC % | ΔDSC pp "
         f"| max abs ΔHC (mm) | images with abs ΔHC > 0.1 mm |"
     )
     print(header)
@@ -208,7 +218,7 @@ def validation_accuracy(
     for v, adf, dsc, hc in rows:
         d = np.abs(hc - ref_hc)
         print(
-            f"| {v.name:<40} | {adf:6.3f} | {adf - ref_adf:+7.3f} | {dsc:5.2f} "
+            f"| {v.name:<46} | {adf:6.3f} | {adf - ref_adf:+7.3f} | {dsc:5.2f} "
             f"| {dsc - ref_dsc:+7.2f} | {np.nanmax(d):16.3f} | {int((d > 0.1).sum()):28d} |"
         )
 
@@ -294,6 +304,9 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--images", type=Path, default=Path("examples"))
     ap.add_argument("--n", type=int, default=96, help="images per variant (repeats the folder)")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="rounds over all variants (median reported)"
+    )
     ap.add_argument("--memory-n", type=int, default=1000, help="folder size for peak RSS (0: skip)")
     ap.add_argument("--pixel-size", type=float, default=0.1)
     ap.add_argument(
@@ -325,7 +338,6 @@ def main() -> None:
         val = validation_files(args.weights)
         pool = [c.image for c in find_cases(args.val_data) if c.image.name not in val]
         calibration = pool[:: max(1, len(pool) // 32)][:32]
-    results = []
     variants = [v for v in VARIANTS if v is VARIANTS[0] or not args.only or args.only in v.name]
     try:
         import onnxruntime  # noqa: F401
@@ -335,29 +347,43 @@ def main() -> None:
     if not bf16_supported():
         variants = [v for v in variants if v.backend != "torch-bf16"]
         print("# oneDNN has no bfloat16 on this CPU: bf16 rows skipped")
-    for v in variants:
-        stats, hcs = run_variant(v, args.weights, files, args.pixel_size, calibration)
-        results.append((v, stats, np.asarray(hcs)))
-
-    base_stats, base_hc = results[0][1], results[0][2]
+    # Rounds over all variants: this shared machine's speed drifts by 10-20 % over
+    # minutes, so each round's ratios compare runs close in time, and the table shows
+    # the median over rounds with the range of the per-round speed-ups.
+    runs: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
+    hcs_of: dict[str, np.ndarray] = {}
+    for r in range(args.repeats):
+        if args.repeats > 1:
+            print(f"# round {r + 1} of {args.repeats}", file=sys.stderr, flush=True)
+        for v in variants:
+            stats, hcs = run_variant(v, args.weights, files, args.pixel_size, calibration)
+            runs[v.name].append(stats)
+            hcs_of.setdefault(v.name, np.asarray(hcs))
+    base = variants[0].name
     header = (
-        f"| {'variant':<40} | img/s | speed-up | decode ms | preprocess ms | model ms "
-        f"| post ms | model GFLOP/s | max abs ΔHC vs baseline (mm) |"
+        f"| {'variant':<46} | img/s | speed-up | range | decode ms | preprocess ms "
+        f"| model ms | post ms | model GFLOP/s | max abs ΔHC vs baseline (mm) |"
     )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for v, s, hc in results:
+
+    def num(x: float, width: int) -> str:
+        return f"{x:{width}.1f}" if np.isfinite(x) else f"{'-':>{width}}"
+
+    for v in variants:
+        rounds = runs[v.name]
+        med = {k: float(np.median([st[k] for st in rounds])) for k in rounds[0]}
+        ratios = [st["ips"] / b["ips"] for st, b in zip(rounds, runs[base], strict=True)]
+        hc, base_hc = hcs_of[v.name], hcs_of[base]
         both = np.isfinite(hc) & np.isfinite(base_hc)
         dhc = float(np.max(np.abs(hc[both] - base_hc[both]))) if both.any() else float("nan")
-        gflops = flops / (s["model"] / 1000) / 1e9
-
-        def num(x: float, width: int) -> str:
-            return f"{x:{width}.1f}" if np.isfinite(x) else f"{'-':>{width}}"
-
+        gflops = flops / (med["model"] / 1000) / 1e9
         print(
-            f"| {v.name:<40} | {s['ips']:5.1f} | {s['ips'] / base_stats['ips']:7.2f}x "
-            f"| {num(s['decode'], 9)} | {num(s['preprocess'], 13)} | {num(s['model'], 8)} "
-            f"| {num(s['post'], 7)} | {num(gflops, 13)} | {dhc:28.3f} |"
+            f"| {v.name:<46} | {med['ips']:5.1f} | {np.median(ratios):7.2f}x "
+            f"| {min(ratios):.2f}-{max(ratios):.2f} "
+            f"| {num(med['decode'], 9)} | {num(med['preprocess'], 13)} "
+            f"| {num(med['model'], 8)} | {num(med['post'], 7)} | {num(gflops, 13)} "
+            f"| {dhc:28.3f} |"
         )
     print(
         "\nStage times are per image; decode overlaps inference when threaded, so "
@@ -365,14 +391,24 @@ def main() -> None:
         "batch run (decode, inference and post-processing interleave in the workers), "
         "after a warm-up that starts the workers."
     )
-    for v, s, _ in results:
+    print(
+        f"Median of {args.repeats} round(s); speed-up is the median of the per-round ratios "
+        "to the baseline, range their minimum and maximum."
+    )
+    for v in variants:
         if v.compile or v.processes > 1:
             what = "compilation" if v.compile else "worker start"
-            print(f"one-off {what} + first batch, {v.name}: {s['warmup']:.1f} s")
+            warm = max(st["warmup"] for st in runs[v.name])
+            print(f"one-off {what} + first batch, {v.name}: up to {warm:.1f} s")
     if args.val_data:
         reference = next(v for v in variants if v.exact)
-        # Worker processes compute what the same variant does in one process.
-        changed = [v for v in variants if not v.exact and v.processes == 1]
+        # Worker processes compute what the same settings do in one process: one row each.
+        changed, seen = [], set()
+        for v in variants:
+            key = (v.backend, v.post, v.tta, v.compile)
+            if not v.exact and key not in seen:
+                seen.add(key)
+                changed.append(v)
         validation_accuracy([reference, *changed], args.weights, args.val_data, calibration)
     if args.memory_n:
         # The CLI's two exact backends, with the weights' default settings (TTA for the
