@@ -411,12 +411,17 @@ def main() -> None:
                 changed.append(v)
         validation_accuracy([reference, *changed], args.weights, args.val_data, calibration)
     if args.memory_n:
-        # The CLI's two exact backends, with the weights' default settings (TTA for the
-        # shipped weights) and the CLI's default number of processes.
-        for backend in sorted({v.backend for v in variants} & {"torch", "onnx"}, reverse=True):
+        # The CLI's default backend (torch-bf16 on CPUs with native bfloat16) and ONNX
+        # Runtime, with the weights' default settings (TTA for the shipped weights) and
+        # the CLI's default number of processes.
+        backends = ["auto", "onnx"] if any(v.backend == "onnx" for v in variants) else ["auto"]
+        for backend in backends:
             rss, pss, procs = peak_memory_mb(args.weights, source, args.memory_n, backend)
+            label = backend
+            if backend == "auto":
+                label = f"auto = {HeadMeasurer.from_pretrained(args.weights).backend_name}"
             print(
-                f"peak memory, fetalhead predict on {args.memory_n} images ({backend}, "
+                f"peak memory, fetalhead predict on {args.memory_n} images ({label}, "
                 f"{procs} process{'es' if procs > 1 else ''}): PSS {pss:.0f} MB, "
                 f"RSS summed over processes {rss:.0f} MB"
             )

@@ -394,3 +394,13 @@ def test_lowres_postprocess_agrees_with_full_on_real_images() -> None:
         low, _, _, qc_low = postprocess(prob, lb, "lowres")
         assert qc_low == qc_full, name
         assert abs(full.perimeter - low.perimeter) * size < 0.1, name
+
+
+def test_auto_backend_is_bf16_only_where_the_cpu_has_it(monkeypatch) -> None:
+    from fetalhead import predict
+
+    ck = Checkpoint.from_model(ResUNet(TINY))
+    monkeypatch.setattr(predict, "native_bf16", lambda: True)
+    assert HeadMeasurer(ck, backend="auto").backend_name == "torch-bf16"
+    monkeypatch.setattr(predict, "native_bf16", lambda: False)
+    assert HeadMeasurer(ck, backend="auto").backend_name in ("onnx", "torch")

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
@@ -367,7 +367,8 @@ class HeadMeasurer:
 
     Args:
         checkpoint: The model and its description.
-        backend: ``auto`` (ONNX Runtime if installed, else PyTorch), ``torch``,
+        backend: ``auto`` (``torch-bf16`` on CPUs with native bfloat16, else ONNX
+            Runtime if installed, else PyTorch), ``torch``,
             ``torch-bf16`` (bfloat16 after the first convolution, CPUs with AVX-512)
             or ``onnx``.
         tta: Average with a left-right flipped pass. ``None`` (default): as the
@@ -542,9 +543,25 @@ class HeadMeasurer:
         }
 
 
+@cache
+def native_bf16() -> bool:
+    """Whether the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX; read from Linux's flags).
+
+    There ``torch-bf16`` is the fastest backend; on other CPUs oneDNN may emulate
+    bfloat16 and be slower than float32.
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and bf16_supported()
+
+
 def _make_backend(checkpoint: Checkpoint, name: BackendName, compile: bool = False) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    if name == "auto" and native_bf16():
+        return TorchBackend(checkpoint, bf16=True, compile=compile)
     if name == "torch-bf16":
         if not bf16_supported():
             raise RuntimeError(
