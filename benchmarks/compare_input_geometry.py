@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fetalhead.evaluate import evaluate
 from fetalhead.model import Checkpoint, count_parameters
-from fetalhead.predict import HeadMeasurer
+from fetalhead.predict import HeadMeasurer, float32_backend
 
 
 def training_minutes(weights: Path) -> float:
@@ -86,7 +86,7 @@ def main() -> None:
         ckpt = Checkpoint.load(path)
         cfg = ckpt.config
         for tta in (False, True) if args.tta else (False,):
-            measurer = HeadMeasurer.from_pretrained(path, tta=tta)
+            measurer = HeadMeasurer.from_pretrained(path, tta=tta, backend=float32_backend())
             name = f"{label}{'-tta' if tta else ''}"
             s = evaluate(measurer, args.data, args.out / name, split="val", progress=False)
             tri = " / ".join(

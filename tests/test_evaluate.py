@@ -1,3 +1,5 @@
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -95,9 +97,16 @@ def evaluate_cli(weights, out, *extra: str) -> int:
     )
 
 
-def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys) -> None:
-    rc = evaluate_cli(tiny_checkpoint, tmp_path / "ev", "--split", "all", "--no-progress")
+def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys, monkeypatch) -> None:
+    from fetalhead import predict
+
+    # Even where predict's auto backend would be bfloat16, evaluate's is float32.
+    monkeypatch.setattr(predict, "native_bf16", lambda: True)
+    ev = tmp_path / "ev"
+    rc = evaluate_cli(tiny_checkpoint, ev, "--split", "all", "--no-progress", "--backend", "auto")
     assert rc == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["model"]["backend"] == predict.float32_backend()
     rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("filename,pixel_size_mm,hc_ref_mm,hc_pred_mm,df_mm,adf_mm,dsc,hd_mm")
     assert len(rows) == 4

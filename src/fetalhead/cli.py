@@ -164,7 +164,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     _add_tta(p)
     p.add_argument("--postprocess", choices=["lowres", "full"], default="full")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="inference backend (auto here: float32, ONNX Runtime if installed, else "
+        "PyTorch, so that the metrics do not depend on the CPU)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -242,7 +248,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fetalhead.evaluate import evaluate
+    from fetalhead.predict import float32_backend
 
+    if args.backend == "auto":
+        args.backend = float32_backend()
     summary = evaluate(
         _measurer(args),
         args.data,

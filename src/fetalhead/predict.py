@@ -557,6 +557,18 @@ def native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"}) and bf16_supported()
 
 
+def float32_backend() -> BackendName:
+    """The fastest float32 backend installed: ``onnx`` if ONNX Runtime is, else ``torch``.
+
+    For evaluations, whose numbers should not depend on the CPU they ran on.
+    """
+    try:
+        from fetalhead.onnx import onnx_available
+    except ImportError:  # pragma: no cover - fetalhead.onnx imports nothing optional
+        return "torch"
+    return "onnx" if onnx_available() else "torch"
+
+
 def _make_backend(checkpoint: Checkpoint, name: BackendName, compile: bool = False) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
