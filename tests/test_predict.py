@@ -157,6 +157,7 @@ def test_batch_goes_on_after_bad_files(tiny_checkpoint, tmp_path, caplog) -> Non
         (["--pixel-size", "-1"], "--pixel-size: pixel size must be a positive"),
         (["--pixel-size", "0"], "positive"),
         (["--pixel-size-csv", "nope.csv"], "nope.csv: cannot read"),
+        (["--pixel-size", "0.1", "--processes", "0"], "--processes must be at least 1"),
     ],
 )
 def test_cli_bad_options_are_one_line_errors(tiny_checkpoint, tmp_path, capsys, args, message):

@@ -213,7 +213,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         run_batch,
     )
 
-    if args.batch_size < 1 or args.workers < 1 or (args.processes or 1) < 1:
+    if (
+        args.batch_size < 1
+        or args.workers < 1
+        or (args.processes is not None and args.processes < 1)
+    ):
         raise ValueError("--batch-size, --workers and --processes must be at least 1")
     sizes = PixelSizes.from_options(args.pixel_size, args.pixel_size_csv)
     inputs = collect_inputs(args.paths)
