@@ -266,8 +266,8 @@ def _tree_memory_kb(root: int) -> tuple[int, int]:
 
 def peak_memory_mb(
     weights: Path, source: list[Path], n: int, backend: str
-) -> tuple[float, float, int]:
-    """Peak summed RSS and PSS (MB) of ``fetalhead predict`` and its workers on n images.
+) -> tuple[float, float, int, str]:
+    """Peak summed RSS and PSS (MB), processes and backend of ``fetalhead predict`` on n images.
 
     Sampled every 50 ms from /proc, so a peak shorter than that can be missed; PSS
     shares pages that several processes map (the libraries) out among them.
@@ -295,8 +295,9 @@ def peak_memory_mb(
             time.sleep(0.05)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
-        processes = json.loads((out / "run.json").read_text())["options"]["processes"]
-        return peak_rss / 1024, peak_pss / 1024, processes
+        run = json.loads((out / "run.json").read_text())
+        mb = peak_rss / 1024, peak_pss / 1024
+        return *mb, run["options"]["processes"], run["model"]["backend"]
 
 
 def main() -> None:
@@ -416,10 +417,8 @@ def main() -> None:
         # the CLI's default number of processes.
         backends = ["auto", "onnx"] if any(v.backend == "onnx" for v in variants) else ["auto"]
         for backend in backends:
-            rss, pss, procs = peak_memory_mb(args.weights, source, args.memory_n, backend)
-            label = backend
-            if backend == "auto":
-                label = f"auto = {HeadMeasurer.from_pretrained(args.weights).backend_name}"
+            rss, pss, procs, used = peak_memory_mb(args.weights, source, args.memory_n, backend)
+            label = f"auto = {used}" if backend == "auto" else backend
             print(
                 f"peak memory, fetalhead predict on {args.memory_n} images ({label}, "
                 f"{procs} process{'es' if procs > 1 else ''}): PSS {pss:.0f} MB, "

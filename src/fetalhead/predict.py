@@ -562,42 +562,30 @@ def float32_backend() -> BackendName:
 
     For evaluations, whose numbers should not depend on the CPU they ran on.
     """
-    try:
-        from fetalhead.onnx import onnx_available
-    except ImportError:  # pragma: no cover - fetalhead.onnx imports nothing optional
-        return "torch"
+    from fetalhead.onnx import onnx_available
+
     return "onnx" if onnx_available() else "torch"
 
 
 def _make_backend(checkpoint: Checkpoint, name: BackendName, compile: bool = False) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
-    if name == "auto" and native_bf16():
-        return TorchBackend(checkpoint, bf16=True, compile=compile)
-    if name == "torch-bf16":
-        if not bf16_supported():
-            raise RuntimeError(
-                "the torch-bf16 backend needs a CPU with bfloat16 support in oneDNN "
-                "(AVX-512); use --backend torch or onnx"
-            )
-        return TorchBackend(checkpoint, bf16=True, compile=compile)
-    if compile and name == "onnx":
-        raise ValueError("compile applies to the torch backends, not to onnx")
-    if name == "onnx" or (name == "auto" and not compile):
-        onnx_backend = _onnx_backend(checkpoint)
-        if onnx_backend is not None:
-            return onnx_backend
-        if name == "onnx":
-            raise RuntimeError("the onnx backend needs ONNX Runtime: pip install 'fetalhead[onnx]'")
-    return TorchBackend(checkpoint, compile=compile)
-
-
-def _onnx_backend(checkpoint: Checkpoint) -> Backend | None:
-    try:
+    if name == "auto":
+        name = "torch-bf16" if native_bf16() else "torch" if compile else float32_backend()
+    if name == "onnx":
         from fetalhead.onnx import OnnxBackend, onnx_available
-    except ImportError:
-        return None
-    return OnnxBackend.from_checkpoint(checkpoint) if onnx_available() else None
+
+        if compile:
+            raise ValueError("compile applies to the torch backends, not to onnx")
+        if not onnx_available():
+            raise RuntimeError("the onnx backend needs ONNX Runtime: pip install 'fetalhead[onnx]'")
+        return OnnxBackend.from_checkpoint(checkpoint)
+    if name == "torch-bf16" and not bf16_supported():
+        raise RuntimeError(
+            "the torch-bf16 backend needs a CPU with bfloat16 support in oneDNN "
+            "(AVX-512); use --backend torch or onnx"
+        )
+    return TorchBackend(checkpoint, bf16=name == "torch-bf16", compile=compile)
 
 
 def choose_dicom_region(m: Measurement, loaded: LoadedImage) -> None:
