@@ -482,26 +482,30 @@ _worker_measurer: HeadMeasurer | None = None
 
 
 def _init_worker(
-    checkpoint: Checkpoint, settings: dict[str, Any], threads: int, weights_path: Path | None
+    parent: int,
+    checkpoint: Checkpoint,
+    settings: dict[str, Any],
+    threads: int,
+    weights_path: Path | None,
 ) -> None:
     global _worker_measurer
     # Ctrl-C reaches the whole process group; the parent alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent()
+    _exit_with_parent(parent)
     _worker_measurer = HeadMeasurer(
         checkpoint, threads=threads, weights_path=weights_path, **settings
     )
 
 
-def _exit_with_parent(poll_s: float = 0.5) -> None:
+def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
     """End this worker soon after its parent dies (killed with SIGKILL, say).
 
     Orphaned workers would otherwise keep running, and keep the parent's
-    stdout and stderr open.
+    stdout and stderr open. ``parent`` is the pid the pool recorded: a worker
+    still importing torch when its parent died has already been re-parented,
+    so its own ``os.getppid()`` would name the wrong process.
     """
     import threading
-
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -550,6 +554,7 @@ class MeasuringPool:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=(
+                os.getpid(),
                 measurer.checkpoint,
                 measurer.settings,
                 self.threads_per_process,
