@@ -144,8 +144,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="torch backends: compile the network with torch.compile (15-30 s once; "
-        "pays off on large folders)",
+        help="torch backends: compile the network with torch.compile (4-18 s once per "
+        "process here; pays off on large folders)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--quiet", action="store_true", help="do not print the results table")

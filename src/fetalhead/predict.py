@@ -197,7 +197,7 @@ class TorchBackend:
             :meth:`fetalhead.model.ResUNet.forward_bf16`); fast on CPUs with native
             bfloat16 (AVX512-BF16, AMX).
         compile: Compile the network with ``torch.compile`` (inductor, frozen
-            weights). The first batch pays a one-off compilation (15-30 s on two
+            weights). The first batch pays a one-off compilation (4-18 s on two
             cores), so it pays off on large folders only. Smaller batches are
             zero-padded to the first batch's size so that nothing recompiles; if
             compilation fails (no C++ compiler, for example), it warns and runs eagerly.
