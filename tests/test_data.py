@@ -11,6 +11,7 @@ from fetalhead.data import (
     detect_layout,
     fill_outline,
     find_cases,
+    kfold_by_prefix,
     label_ellipse,
     label_mask,
     split_by_prefix,
@@ -97,3 +98,40 @@ def test_cached_soft_targets_are_unbiased() -> None:
         pts, _ = find_head_contour(target)
         hc = fit_ellipse(lb.to_original(pts + np.array(lb.pad))).ellipse.perimeter
         assert hc * case.pixel_size_mm == pytest.approx(case.hc_mm, abs=0.1)
+
+
+def _cases_with_prefixes(counts: dict[str, int]) -> list:
+    from fetalhead.data import Case
+
+    cases = []
+    for prefix, n in counts.items():
+        for k in range(n):
+            name = f"{prefix}_HC.png" if k == 0 else f"{prefix}_{k + 1}HC.png"
+            cases.append(Case(Path(name), Path(name), "mask"))
+    return cases
+
+
+def test_kfold_by_prefix_covers_every_case_once_and_keeps_scans_together() -> None:
+    # 30 scans: ten with three frames, twenty with one -> 50 images.
+    counts = {f"{i:03d}": 3 if i < 10 else 1 for i in range(30)}
+    cases = _cases_with_prefixes(counts)
+    seen: list[str] = []
+    sizes = []
+    for k in range(5):
+        train, val = kfold_by_prefix(cases, 5, k, seed=7)
+        assert len(train) + len(val) == 50
+        assert {c.prefix for c in train}.isdisjoint({c.prefix for c in val})
+        sizes.append(len(val))
+        seen += [c.image.name for c in val]
+    # Dealing each scan to the smallest fold keeps the folds within one scan (3 images).
+    assert max(sizes) - min(sizes) <= 3
+    assert sorted(seen) == sorted(c.image.name for c in cases)
+    # The same seed gives the same folds; another seed others.
+    assert kfold_by_prefix(cases, 5, 2, seed=7)[1] == kfold_by_prefix(cases, 5, 2, seed=7)[1]
+    assert kfold_by_prefix(cases, 5, 2, seed=8)[1] != kfold_by_prefix(cases, 5, 2, seed=7)[1]
+
+
+@pytest.mark.parametrize(("folds", "fold"), [(1, 0), (5, 5), (5, -1)])
+def test_kfold_by_prefix_rejects_bad_arguments(folds: int, fold: int) -> None:
+    with pytest.raises(ValueError, match="fold"):
+        kfold_by_prefix(_cases_with_prefixes({"001": 1, "002": 1}), folds, fold)

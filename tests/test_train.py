@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from fetalhead.train import (
     TrainConfig,
     WeightedEpochSampler,
     dice_loss,
+    resolve_precision,
     train,
     trimester_weights,
 )
@@ -234,3 +236,38 @@ def test_distributed_two_ranks_gloo(synth, tmp_path) -> None:
     rows = list(csv.DictReader(open(run / "log.csv")))
     assert len(rows) == 2
     assert Checkpoint.load(run / "best.pt").meta["split"]["n_val"] >= 1
+
+
+def test_fold_training_validates_on_its_fold_and_writes_final_weights(synth, tmp_path) -> None:
+    from fetalhead.data import find_cases, kfold_by_prefix
+
+    cfg = dataclasses.replace(tiny_config(synth, tmp_path / "f1", epochs=1), folds=3, fold=1)
+    train(cfg)
+    ck = Checkpoint.load(tmp_path / "f1" / "final.pt")
+    _, val = kfold_by_prefix(find_cases(synth), 3, 1, cfg.seed)
+    assert sorted(ck.meta["split"]["val_files"]) == sorted(c.image.name for c in val)
+    assert ck.meta["split"]["folds"] == 3 and ck.meta["split"]["fold"] == 1
+    assert ck.meta["split"]["method"] == "by 3-digit scan prefix, fold 1 of 3"
+
+
+def test_precision_and_fold_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="precision must be"):
+        TrainConfig(precision="fp8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="go together"):
+        TrainConfig(folds=5)
+    with pytest.raises(ValueError, match="0 <= fold < folds"):
+        TrainConfig(folds=5, fold=5)
+    cpu = torch.device("cpu")
+    assert resolve_precision("float32", cpu) is None
+    assert resolve_precision("bfloat16", cpu) is torch.bfloat16
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch) -> None:
+    from fetalhead import train as train_mod
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_mod, "native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(train_mod, "native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) is None
+    assert resolve_precision("auto", torch.device("cuda")) is torch.float16

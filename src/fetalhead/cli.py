@@ -29,6 +29,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", help="network input as H or HxW, e.g. 224 or 192x288")
     p.add_argument("--start-filters", type=int)
     p.add_argument("--val-fraction", type=float)
+    p.add_argument("--folds", type=int, help="cross-validation by scan prefix: number of folds")
+    p.add_argument("--fold", type=int, help="with --folds: the fold (0-based) to validate on")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: bfloat16 autocast on CPUs with native bfloat16, else float32",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--max-images", type=int, help="use only the first N cases (smoke runs)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -65,6 +72,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "image_w": hw[1],
         "start_filters": args.start_filters,
         "val_fraction": args.val_fraction,
+        "folds": args.folds,
+        "fold": args.fold,
+        "precision": args.precision,
         "seed": args.seed,
         "max_images": args.max_images,
         "num_threads": args.threads,

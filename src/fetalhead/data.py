@@ -168,6 +168,40 @@ def split_by_prefix(
     return train, val
 
 
+def kfold_by_prefix(
+    cases: list[Case], folds: int, fold: int, seed: int = 42
+) -> tuple[list[Case], list[Case]]:
+    """Fold ``fold`` of a ``folds``-fold cross-validation, grouped by scan prefix.
+
+    The prefixes are shuffled with ``seed`` and dealt to the folds in turn, each
+    to the fold that holds the fewest images so far, so that the folds are of
+    near-equal size and every frame of a scan lies in one fold. Over
+    ``fold = 0 .. folds - 1`` every case is in exactly one validation fold.
+
+    Returns:
+        ``(train, val)``: the other folds, and fold ``fold``.
+
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+    counts: dict[str, int] = {}
+    for c in cases:
+        counts[c.prefix] = counts.get(c.prefix, 0) + 1
+    prefixes = sorted(counts)
+    random.Random(seed).shuffle(prefixes)
+    sizes = [0] * folds
+    fold_of: dict[str, int] = {}
+    for p in prefixes:
+        k = min(range(folds), key=lambda i: (sizes[i], i))
+        fold_of[p] = k
+        sizes[k] += counts[p]
+    train = [c for c in cases if fold_of[c.prefix] != fold]
+    val = [c for c in cases if fold_of[c.prefix] == fold]
+    return train, val
+
+
 @dataclass(frozen=True)
 class Letterbox:
     """Aspect-preserving resize of an image into a fixed network input.

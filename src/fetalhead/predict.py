@@ -11,7 +11,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from fetalhead.data import Letterbox
 from fetalhead.ellipse import Ellipse, boundary_sharpness, find_head_contour, fit_ellipse
 from fetalhead.gestation import GAEstimate, hadlock_1984, intergrowth_21st
+from fetalhead.hardware import bf16_supported, native_bf16
 from fetalhead.io import (
     InputError,
     LoadedImage,
@@ -248,18 +249,6 @@ class TorchBackend:
             logger.warning("torch.compile failed, running eagerly instead: %s", exc)
             self._compiled = None
             return self._forward(x)[:n]
-
-
-def bf16_supported() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions on this CPU (AVX-512 cores).
-
-    They are fast where the CPU has AVX512-BF16 or AMX; on older AVX-512 cores
-    oneDNN emulates them and ``torch-bf16`` may be no faster than ``torch``.
-    """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def preprocess(
@@ -541,20 +530,6 @@ class HeadMeasurer:
             "data_note": meta.get("data_note"),
             "metrics": meta.get("metrics"),
         }
-
-
-@cache
-def native_bf16() -> bool:
-    """Whether the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX; read from Linux's flags).
-
-    There ``torch-bf16`` is the fastest backend; on other CPUs oneDNN may emulate
-    bfloat16 and be slower than float32.
-    """
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"}) and bf16_supported()
 
 
 def float32_backend() -> BackendName:

@@ -32,9 +32,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from fetalhead.data import CachedCases, Case, Letterbox, find_cases, split_by_prefix
+from fetalhead.data import (
+    CachedCases,
+    Case,
+    Letterbox,
+    find_cases,
+    kfold_by_prefix,
+    split_by_prefix,
+)
 from fetalhead.ellipse import find_head_contour, fit_ellipse
 from fetalhead.gestation import hadlock_1984, trimester
+from fetalhead.hardware import native_bf16
 from fetalhead.io import atomic_write_bytes, atomic_writer
 from fetalhead.model import Checkpoint, ModelConfig, ResUNet
 
@@ -42,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 LossName = Literal["dice", "dice_bce"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+PrecisionName = Literal["auto", "float32", "bfloat16"]
 
 
 @dataclass
@@ -62,7 +71,14 @@ class TrainConfig:
         start_filters: Filters at the first U-Net level.
         dropout: Dropout ratio of the U-Net.
         loss: ``dice`` (smooth = 1) or ``dice_bce``.
-        val_fraction: Fraction of scan prefixes held out for validation.
+        val_fraction: Fraction of scan prefixes held out for validation (ignored
+            when ``folds`` is set).
+        folds: Cross-validation by scan prefix: number of folds (``None``: one
+            ``val_fraction`` split).
+        fold: Which fold (0-based) is validated on when ``folds`` is set.
+        precision: ``float32``; ``bfloat16`` (autocast, channels_last on CPU); or
+            ``auto``: bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX) and
+            float16 mixed precision on CUDA, else float32.
         seed: Seed of split, initialisation, shuffling and augmentation.
         device: ``auto``, ``cpu`` or ``cuda``.
         augment: Use on-the-fly augmentation.
@@ -94,6 +110,9 @@ class TrainConfig:
     dropout: float = 0.5
     loss: LossName = "dice_bce"
     val_fraction: float = 0.15
+    folds: int | None = None
+    fold: int | None = None
+    precision: PrecisionName = "auto"
     seed: int = 42
     device: DeviceName = "auto"
     augment: bool = True
@@ -114,6 +133,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(
+                f"precision must be 'auto', 'float32' or 'bfloat16', got {self.precision!r}"
+            )
+        if (self.folds is None) != (self.fold is None):
+            raise ValueError("folds and fold go together: give both (e.g. --folds 5 --fold 0)")
+        if self.folds is not None and not (self.folds >= 2 and 0 <= int(self.fold) < self.folds):
+            raise ValueError(
+                f"need folds >= 2 and 0 <= fold < folds, got folds={self.folds}, fold={self.fold}"
+            )
 
     @property
     def model_config(self) -> ModelConfig:
@@ -331,6 +360,17 @@ def _val_hc_errors(
     return errs
 
 
+def resolve_precision(name: PrecisionName, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training, or ``None`` for plain float32."""
+    if name == "float32":
+        return None
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if native_bf16() else None
+
+
 def _plot_curves(history: list[EpochLog], path: Path) -> None:
     import matplotlib
 
@@ -391,7 +431,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     cases = find_cases(cfg.data)
     if cfg.max_images:
         cases = cases[: cfg.max_images]
-    train_cases, val_cases = split_by_prefix(cases, cfg.val_fraction, cfg.seed)
+    if cfg.folds is not None and cfg.fold is not None:
+        train_cases, val_cases = kfold_by_prefix(cases, cfg.folds, cfg.fold, cfg.seed)
+    else:
+        train_cases, val_cases = split_by_prefix(cases, cfg.val_fraction, cfg.seed)
     if not train_cases:
         raise ValueError(f"{cfg.data}: no training cases after the split")
     logger.info("%d train / %d val cases (split by scan prefix)", len(train_cases), len(val_cases))
@@ -433,8 +476,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    use_amp = amp_dtype is not None
+    # Float16 needs loss scaling; bfloat16 has float32's exponent range and does not.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if device.type == "cpu" and amp_dtype == torch.bfloat16:
+        model = model.to(memory_format=torch.channels_last)
+    logger.info("precision: %s", "float32" if amp_dtype is None else str(amp_dtype))
     ddp_model: torch.nn.Module = model
     if info.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -479,7 +527,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         )
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            if device.type == "cpu" and use_amp:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 logits = ddp_model(x)
             loss = compute_loss(logits.float(), y, cfg.loss)
             opt.zero_grad(set_to_none=True)
@@ -541,8 +591,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             meta = {
                 "data_note": cfg.data_note or f"trained on {cfg.data}",
                 "split": {
-                    "method": "by 3-digit scan prefix",
-                    "val_fraction": cfg.val_fraction,
+                    "method": "by 3-digit scan prefix"
+                    + (f", fold {cfg.fold} of {cfg.folds}" if cfg.folds else ""),
+                    "val_fraction": None if cfg.folds else cfg.val_fraction,
+                    "folds": cfg.folds,
+                    "fold": cfg.fold,
                     "seed": cfg.seed,
                     "n_train": len(train_cases),
                     "n_val": len(val_cases),
@@ -554,6 +607,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             }
             if improved:
                 Checkpoint.from_model(model, meta).save(best_path)
+            if epoch == cfg.epochs:
+                # The last epoch's weights, chosen without looking at validation:
+                # cross-validation scores these, so that no fold's score is selected on.
+                Checkpoint.from_model(model, meta).save(run_dir / "final.pt")
             buf = io.BytesIO()
             torch.save(
                 {
