@@ -31,15 +31,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fetalhead.batch import prefetch
-from fetalhead.io import read_gray
-from fetalhead.predict import (
-    DEFAULT_WEIGHTS,
-    HeadMeasurer,
-    TorchBackend,
-    bf16_supported,
-    postprocess,
-    preprocess,
-)
+from fetalhead.infer.backends import TorchBackend, preprocess
+from fetalhead.infer.hardware import bf16_supported
+from fetalhead.postprocess import postprocess
+from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
+from fetalhead.readers import read_gray
 
 
 @dataclass
@@ -109,7 +105,7 @@ def build_measurer(v: Variant, weights: Path, calibration: list[Path]) -> HeadMe
     if v.backend == "torch" and not v.channels_last:
         m.backend = TorchBackend(m.checkpoint, channels_last=False, compile=v.compile)
     elif v.backend == "onnx-int8":
-        from fetalhead.onnx import OnnxBackend, export_onnx_bytes, quantize_int8
+        from fetalhead.infer.onnx import OnnxBackend, export_onnx_bytes, quantize_int8
 
         inputs = [preprocess(read_gray(p), m.config)[0][None, None] for p in calibration]
         m.backend = OnnxBackend(quantize_int8(export_onnx_bytes(m.checkpoint), inputs))

@@ -31,8 +31,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fetalhead.evaluate import evaluate
+from fetalhead.infer.backends import float32_backend
 from fetalhead.model import Checkpoint, count_parameters
-from fetalhead.predict import HeadMeasurer, float32_backend
+from fetalhead.predict import HeadMeasurer
 
 
 def training_minutes(weights: Path) -> float:

@@ -23,17 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fetalhead.data import Letterbox
-from fetalhead.io import read_gray, read_pixel_size_csv
+from fetalhead.geometry.letterbox import Letterbox
+from fetalhead.infer.backends import float32_backend, preprocess
+from fetalhead.infer.hardware import bf16_supported
 from fetalhead.model import Checkpoint
-from fetalhead.predict import (
-    DEFAULT_WEIGHTS,
-    HeadMeasurer,
-    bf16_supported,
-    float32_backend,
-    postprocess,
-    preprocess,
-)
+from fetalhead.postprocess import postprocess
+from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
+from fetalhead.readers import read_gray
+from fetalhead.readers.tables import read_pixel_size_csv
 
 
 def hc_mm(prob: np.ndarray, lb: Letterbox, method: str, px: float) -> float:

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from fetalhead.data import find_cases, kfold_by_prefix
-from fetalhead.io import read_gray
+from fetalhead.infer.backends import preprocess
 from fetalhead.model import Checkpoint
-from fetalhead.predict import preprocess
+from fetalhead.readers import read_gray
 from fetalhead.train import TrainConfig, train
 
 logger = logging.getLogger("cross_validate")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fetalhead.data import Letterbox
-from fetalhead.ellipse import Ellipse, render_ellipse_coverage, render_ellipse_mask
+from fetalhead.geometry.ellipse import Ellipse, render_ellipse_coverage, render_ellipse_mask
+from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.model import Checkpoint, ModelConfig, ResUNet
 
 torch.set_num_threads(1)

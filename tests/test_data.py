@@ -7,7 +7,6 @@ import pytest
 from conftest import MINI, make_mask_dataset
 from fetalhead.data import (
     CachedCases,
-    Letterbox,
     detect_layout,
     fill_outline,
     find_cases,
@@ -16,8 +15,10 @@ from fetalhead.data import (
     label_mask,
     split_by_prefix,
 )
-from fetalhead.ellipse import Ellipse, ellipse_points, find_head_contour, fit_ellipse
-from fetalhead.io import InputError, read_gray
+from fetalhead.geometry.ellipse import Ellipse, ellipse_points, find_head_contour, fit_ellipse
+from fetalhead.geometry.letterbox import Letterbox
+from fetalhead.image import InputError
+from fetalhead.readers import read_gray
 
 
 def test_fill_outline_makes_solid_mask() -> None:

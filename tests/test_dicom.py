@@ -9,10 +9,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
 
 from conftest import TINY, OracleBackend, predict_cli, synthetic_scan
-from fetalhead.ellipse import Ellipse
-from fetalhead.io import InputError, read_image
+from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.image import InputError
 from fetalhead.model import Checkpoint, ResUNet
 from fetalhead.predict import HeadMeasurer
+from fetalhead.readers import read_image
+from fetalhead.spacing import resolve_pixel_size, square_pixels
 
 
 def region(x0, y0, x1, y1, dx_cm, dy_cm, ux=3, uy=3, fmt=1, dtype=1) -> Dataset:
@@ -52,39 +54,48 @@ def test_palette_color_example_is_calibrated_from_region() -> None:
     assert len(frames) == 1 and frames[0].frame is None
     f = frames[0]
     assert f.pixels.shape == (350, 800) and f.pixels.dtype == np.uint8
-    assert f.pixel_size_mm == pytest.approx(0.26229, rel=1e-4)
-    assert f.pixel_size_source == "dicom-region"
+    s = resolve_pixel_size("palette_color", f)
+    assert s.spacing_mm == pytest.approx((0.26229, 0.26229), rel=1e-4)
+    assert s.source == "dicom-region"
 
 
 def test_ybr_multiframe_example() -> None:
     frames = read_image(examples.get_path("ybr_color"))
     assert len(frames) == 30 and [f.frame for f in frames[:3]] == [0, 1, 2]
-    assert frames[0].pixels.ndim == 2 and frames[0].pixel_size_source == "dicom-region"
-    assert frames[0].pixel_size_mm == pytest.approx(0.5105, rel=1e-3)
+    assert {f.n_frames for f in frames} == {30}
+    s = resolve_pixel_size("ybr_color", frames[0])
+    assert frames[0].pixels.ndim == 2 and s.source == "dicom-region"
+    assert s.spacing_mm[1] == pytest.approx(0.5105, rel=1e-3)
 
 
 def test_dicom_detected_by_content_without_suffix(tmp_path) -> None:
     img, _ = synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))
     p = make_dicom(tmp_path / "IM0001", img, [region(0, 0, 399, 269, 0.01, 0.01)])
     f = read_image(p)[0]
-    assert f.pixel_size_mm == pytest.approx(0.1) and np.array_equal(f.pixels, img)
+    assert resolve_pixel_size("IM0001", f).spacing_mm == pytest.approx((0.1, 0.1))
+    assert np.array_equal(f.pixels, img)
 
 
 def test_pixel_spacing_fallback_and_non_spatial_units(tmp_path) -> None:
     img = np.zeros((100, 120), np.uint8)
     p = make_dicom(
-        tmp_path / "a.dcm", img, [region(0, 0, 119, 99, 0.01, 0.5, uy=4)], pixel_spacing=[0.2, 0.2]
+        tmp_path / "a.dcm", img, [region(0, 0, 119, 99, 0.01, 0.5, uy=4)], pixel_spacing=[0.2, 0.3]
     )
     f = read_image(p)[0]
-    assert f.pixel_size_source == "dicom-pixel-spacing" and f.pixel_size_mm == pytest.approx(0.2)
+    s = resolve_pixel_size("a.dcm", f)
+    # Pixel Spacing is (row, column), as the array axes.
+    assert s.source == "dicom-pixel-spacing" and s.spacing_mm == pytest.approx((0.2, 0.3))
 
 
 def test_non_square_pixels_are_resampled(tmp_path, caplog) -> None:
     img = np.zeros((100, 120), np.uint8)
     p = make_dicom(tmp_path / "a.dcm", img, [region(0, 0, 119, 99, 0.01, 0.02)])
     f = read_image(p)[0]
+    s = resolve_pixel_size("a.dcm", f)
+    assert s.spacing_mm == pytest.approx((0.2, 0.1))
+    pixels, px, row_scale = square_pixels(f.pixels, s, "a.dcm")
     assert "non-square" in caplog.text
-    assert f.pixels.shape == (200, 120) and f.pixel_size_mm == pytest.approx(0.1)
+    assert pixels.shape == (200, 120) and px == pytest.approx(0.1) and row_scale == 2.0
 
 
 def test_several_regions_pick_the_one_with_the_head(tmp_path) -> None:
@@ -97,11 +108,14 @@ def test_several_regions_pick_the_one_with_the_head(tmp_path) -> None:
     ]
     p = make_dicom(tmp_path / "two.dcm", img, regions)
     loaded = read_image(p)[0]
-    assert loaded.pixel_size_mm == pytest.approx(0.1)  # largest 2-D tissue region first
+    # The largest 2-D tissue region first.
+    assert resolve_pixel_size("two.dcm", loaded).spacing_mm == pytest.approx((0.1, 0.1))
     m = HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch")
-    m.backend = OracleBackend([e], [img.shape], TINY)
+    # Measured first with the default region, then again with the head's region.
+    m.backend = OracleBackend([e, e], [img.shape] * 2, TINY)
     r = m.measure(loaded, filename="two.dcm")
     assert r.pixel_size_mm == pytest.approx(0.2) and r.pixel_size_source == "dicom-region"
+    assert r.qc == "ok"
     assert r.hc_mm == pytest.approx(e.perimeter * 0.2, rel=0.01)
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import ellipe
 
-from fetalhead.ellipse import (
+from fetalhead.geometry.ellipse import (
     Ellipse,
     boundary_sharpness,
     ellipse_points,

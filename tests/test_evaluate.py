@@ -7,13 +7,13 @@ import pytest
 from conftest import MINI, TINY, OracleBackend
 from fetalhead.cli import main
 from fetalhead.data import find_cases, label_ellipse
-from fetalhead.ellipse import Ellipse
 from fetalhead.evaluate import evaluate, hausdorff_ellipses
+from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.gestation import trimester
-from fetalhead.io import read_gray
 from fetalhead.model import Checkpoint, ResUNet
-from fetalhead.overlay import draw_overlay
 from fetalhead.predict import HeadMeasurer
+from fetalhead.readers import read_gray
+from fetalhead.write.overlay import draw_overlay
 
 
 def test_hausdorff_of_concentric_circles() -> None:
@@ -52,7 +52,7 @@ def test_evaluate_with_perfect_maps(tmp_path) -> None:
     for name in ("metrics.csv", "summary.md", "summary.json"):
         assert (tmp_path / name).exists()
     assert len(list((tmp_path / "worst").glob("*.png"))) == 3
-    assert "ADF by trimester" in (tmp_path / "summary.md").read_text()
+    assert "By trimester" in (tmp_path / "summary.md").read_text()
 
 
 def test_overlay_draws_the_reference_ellipse_in_red() -> None:
@@ -98,15 +98,15 @@ def evaluate_cli(weights, out, *extra: str) -> int:
 
 
 def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys, monkeypatch) -> None:
-    from fetalhead import predict
+    from fetalhead.infer import backends
 
     # Even where predict's auto backend would be bfloat16, evaluate's is float32.
-    monkeypatch.setattr(predict, "native_bf16", lambda: True)
+    monkeypatch.setattr(backends, "native_bf16", lambda: True)
     ev = tmp_path / "ev"
     rc = evaluate_cli(tiny_checkpoint, ev, "--split", "all", "--no-progress", "--backend", "auto")
     assert rc == 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
-    assert summary["model"]["backend"] == predict.float32_backend()
+    assert summary["model"]["backend"] == backends.float32_backend()
     rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("filename,pixel_size_mm,hc_ref_mm,hc_pred_mm,df_mm,adf_mm,dsc,hd_mm")
     assert len(rows) == 4

@@ -8,14 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fetalhead.io import (
-    InputError,
-    atomic_writer,
-    read_gray,
-    read_image,
-    read_pixel_size_csv,
-    validate_pixel_size,
-)
+from fetalhead.image import InputError
+from fetalhead.readers import read_gray, read_image
+from fetalhead.readers.tables import read_pixel_size_csv, validate_pixel_size
+from fetalhead.write.atomic import atomic_writer
 
 
 def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:

@@ -9,10 +9,10 @@ from conftest import EXAMPLES, TINY, predict_cli
 pytest.importorskip("onnxruntime")
 
 from fetalhead.cli import main
-from fetalhead.io import read_gray
+from fetalhead.infer.onnx import OnnxBackend, export_onnx, read_onnx_metadata
 from fetalhead.model import Checkpoint, ResUNet
-from fetalhead.onnx import OnnxBackend, export_onnx, read_onnx_metadata
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
+from fetalhead.readers import read_gray
 
 
 def test_export_matches_torch_and_carries_metadata(tmp_path) -> None:

@@ -11,10 +11,13 @@ from conftest import EXAMPLES, MINI, TINY, OracleBackend, predict_cli, synthetic
 from fetalhead.batch import collect_inputs
 from fetalhead.cli import main
 from fetalhead.data import find_cases, label_ellipse
-from fetalhead.ellipse import Ellipse
-from fetalhead.io import InputError, read_gray
+from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.image import InputError
+from fetalhead.infer.hardware import bf16_supported
+from fetalhead.measure import PREDICTION_COLUMNS
 from fetalhead.model import Checkpoint, ResUNet
-from fetalhead.predict import PREDICTION_COLUMNS, HeadMeasurer, NoWeightsError
+from fetalhead.predict import HeadMeasurer, NoWeightsError
+from fetalhead.readers import read_gray
 
 REQUIRED = [
     "filename",
@@ -239,18 +242,19 @@ def test_images_far_from_800x540(tiny_checkpoint, tmp_path, shape) -> None:
 def test_backend_names_are_checked_and_match_the_cli(monkeypatch) -> None:
     from typing import get_args
 
-    from fetalhead import cli, predict
+    from fetalhead import cli
+    from fetalhead.infer import backends
 
-    assert cli.BACKENDS == get_args(predict.BackendName)
+    assert cli.BACKENDS == get_args(backends.BackendName)
     ck = Checkpoint.from_model(ResUNet(TINY))
     with pytest.raises(ValueError, match="backend must be one of"):
         HeadMeasurer(ck, backend="tensorrt")  # type: ignore[arg-type]
-    monkeypatch.setattr(predict, "bf16_supported", lambda: False)
+    monkeypatch.setattr(backends, "bf16_supported", lambda: False)
     with pytest.raises(RuntimeError, match="bfloat16"):
         HeadMeasurer(ck, backend="torch-bf16")
 
 
-@pytest.mark.skipif(not __import__("fetalhead.predict").predict.bf16_supported(), reason="no bf16")
+@pytest.mark.skipif(not bf16_supported(), reason="no bf16")
 def test_bf16_backend_agrees_with_float32_on_real_images() -> None:
     from fetalhead.predict import DEFAULT_WEIGHTS
 
@@ -275,7 +279,7 @@ def test_bf16_backend_agrees_with_float32_on_real_images() -> None:
 
 
 def test_compiled_torch_backend_matches_eager_and_pads_small_batches() -> None:
-    from fetalhead.predict import TorchBackend
+    from fetalhead.infer.backends import TorchBackend
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -291,7 +295,7 @@ def test_compiled_torch_backend_matches_eager_and_pads_small_batches() -> None:
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, caplog) -> None:
-    from fetalhead.predict import TorchBackend
+    from fetalhead.infer.backends import TorchBackend
 
     torch = pytest.importorskip("torch")
 
@@ -331,8 +335,8 @@ def test_tta_follows_the_weights_unless_told(tmp_path, flag, expected) -> None:
 def test_ellipse_fit_ignores_a_blurred_outward_wall() -> None:
     """A faint lateral wall (shallow, shifted outwards) must not inflate HC."""
     from fetalhead import predict
-    from fetalhead.data import Letterbox
-    from fetalhead.ellipse import find_head_contour, fit_ellipse
+    from fetalhead.geometry.ellipse import find_head_contour, fit_ellipse
+    from fetalhead.geometry.letterbox import Letterbox
 
     h, w = 192, 288
     true = Ellipse(144.0, 96.0, 100.0, 70.0, 0.0)
@@ -381,7 +385,9 @@ def test_default_processes(monkeypatch) -> None:
 
 def test_lowres_postprocess_agrees_with_full_on_real_images() -> None:
     """The network-resolution contour gives the full-resolution HC to within 0.1 mm."""
-    from fetalhead.predict import DEFAULT_WEIGHTS, postprocess, preprocess
+    from fetalhead.infer.backends import preprocess
+    from fetalhead.postprocess import postprocess
+    from fetalhead.predict import DEFAULT_WEIGHTS
 
     m = HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS, backend="torch", tta=False)
     px = {
@@ -398,10 +404,10 @@ def test_lowres_postprocess_agrees_with_full_on_real_images() -> None:
 
 
 def test_auto_backend_is_bf16_only_where_the_cpu_has_it(monkeypatch) -> None:
-    from fetalhead import predict
+    from fetalhead.infer import backends
 
     ck = Checkpoint.from_model(ResUNet(TINY))
-    monkeypatch.setattr(predict, "native_bf16", lambda: True)
+    monkeypatch.setattr(backends, "native_bf16", lambda: True)
     assert HeadMeasurer(ck, backend="auto").backend_name == "torch-bf16"
-    monkeypatch.setattr(predict, "native_bf16", lambda: False)
+    monkeypatch.setattr(backends, "native_bf16", lambda: False)
     assert HeadMeasurer(ck, backend="auto").backend_name in ("onnx", "torch")

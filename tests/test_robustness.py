@@ -15,7 +15,7 @@ import torch
 
 from conftest import TINY, predict_cli, synthetic_scan
 from fetalhead.cli import main
-from fetalhead.ellipse import Ellipse
+from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.model import Checkpoint, ResUNet
 from fetalhead.predict import HeadMeasurer
 
@@ -168,7 +168,8 @@ def test_weights_only_loading_rejects_pickled_code(tmp_path) -> None:
 
 
 def test_permission_denied_is_a_clear_error(monkeypatch, tmp_path) -> None:
-    from fetalhead.io import InputError, read_image
+    from fetalhead.image import InputError
+    from fetalhead.readers import read_image
 
     f = tmp_path / "locked.png"
     f.write_bytes(b"x")

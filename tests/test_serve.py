@@ -15,7 +15,7 @@ import httpx
 import uvicorn
 from fastapi.testclient import TestClient
 
-from fetalhead.ellipse import Ellipse, render_ellipse_coverage
+from fetalhead.geometry.ellipse import Ellipse, render_ellipse_coverage
 from fetalhead.model import Checkpoint, ResUNet
 from fetalhead.predict import HeadMeasurer
 from fetalhead.serve import ServeSettings, create_app

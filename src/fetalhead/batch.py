@@ -13,7 +13,6 @@ finished, and ``--resume`` skips them.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -28,43 +27,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from fetalhead import __version__
-from fetalhead.io import (
-    IMAGE_SUFFIXES,
-    InputError,
-    LoadedImage,
-    PixelSizeTable,
-    atomic_write_bytes,
-    atomic_writer,
-    is_label_file,
-    read_image,
-    read_pixel_size_csv,
-    validate_pixel_size,
-)
+from fetalhead.image import InputError, LoadedImage
+from fetalhead.measure import PREDICTION_COLUMNS, Measurement, unreadable
 from fetalhead.model import Checkpoint
-from fetalhead.predict import (
-    PREDICTION_COLUMNS,
-    HeadMeasurer,
-    Measurement,
-    choose_dicom_region,
-    unreadable,
+from fetalhead.predict import HeadMeasurer
+from fetalhead.readers import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_label_file, read_image
+from fetalhead.readers.tables import PixelSizeTable, read_pixel_size_csv, validate_pixel_size
+from fetalhead.spacing import ResolvedSpacing, resolve_pixel_size
+from fetalhead.write.atomic import atomic_write_bytes, atomic_writer
+from fetalhead.write.tables import (
+    RowWriter,
+    completed_files,
+    keep_only_files,
+    read_predictions,
+    write_submission,
 )
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-SUBMISSION_COLUMNS = [
-    "filename",
-    "center_x_mm",
-    "center_y_mm",
-    "semi_axes_a_mm",
-    "semi_axes_b_mm",
-    "angle_rad",
-]
 
 
 @dataclass(frozen=True)
@@ -103,7 +86,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[InputFile]:
                 suffix = fp.suffix.lower()
                 if f.startswith(".") or is_label_file(fp):
                     continue
-                if suffix in IMAGE_SUFFIXES or suffix in (".dcm", ".dicom") or suffix == "":
+                if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES or suffix == "":
                     found.append(InputFile(fp, fp.relative_to(p).as_posix()))
     if not found:
         raise InputError(
@@ -115,37 +98,41 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[InputFile]:
 
 @dataclass
 class PixelSizes:
-    """Where pixel sizes come from: one value for all, a CSV, or the files."""
+    """Where pixel sizes come from: one value for all, a CSV, or the files.
+
+    Attributes:
+        value_mm: ``--pixel-size`` for every file.
+        table: ``--pixel-size-csv``.
+        shared_basenames: File names that several inputs have (a bare name in the
+            table cannot identify them).
+
+    """
 
     value_mm: float | None = None
     table: PixelSizeTable | None = None
+    shared_basenames: frozenset[str] = frozenset()
 
     @classmethod
-    def from_options(cls, value: float | None, csv_path: str | None) -> PixelSizes:
+    def from_options(
+        cls, value: float | None, csv_path: str | None, inputs: list[InputFile] | None = None
+    ) -> PixelSizes:
+        """Build from the command-line options and the inputs they apply to."""
+        names = [Path(f.name).name for f in inputs or []]
+        shared = frozenset(n for n in set(names) if names.count(n) > 1)
         if value is not None:
             return cls(value_mm=validate_pixel_size(value, "--pixel-size"))
-        return cls(table=read_pixel_size_csv(csv_path) if csv_path else None)
+        return cls(
+            table=read_pixel_size_csv(csv_path) if csv_path else None, shared_basenames=shared
+        )
 
-    def resolve(self, name: str, loaded: LoadedImage) -> tuple[float, str]:
-        """Pixel size and its source for a file (CLI, then CSV, then DICOM).
-
-        Raises:
-            InputError: If no usable pixel size is known for the file.
-
-        """
-        if self.value_mm is not None:
-            return self.value_mm, "cli"
-        if self.table is not None:
-            try:
-                return self.table.lookup(name), "csv"
-            except InputError:
-                if loaded.pixel_size_mm is None:
-                    raise
-        if loaded.pixel_size_mm is not None and loaded.pixel_size_source is not None:
-            return loaded.pixel_size_mm, loaded.pixel_size_source
-        raise InputError(
-            f"{name}: no pixel size (give --pixel-size MM or --pixel-size-csv CSV; "
-            "measures are never reported in pixels)"
+    def resolve(self, name: str, loaded: LoadedImage) -> ResolvedSpacing:
+        """The spacing of a file (:func:`fetalhead.spacing.resolve_pixel_size`)."""
+        return resolve_pixel_size(
+            name,
+            loaded,
+            cli_mm=self.value_mm,
+            table=self.table,
+            shared_basenames=self.shared_basenames,
         )
 
 
@@ -181,59 +168,6 @@ def _decode(file: InputFile) -> Decoded:
         return Decoded(file, error=f"{file.path}: cannot decode ({type(exc).__name__}: {exc})")
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}" if not np.isnan(v) else ""
-    return str(v)
-
-
-class RowWriter:
-    """Appends rows to a CSV, each in one write, flushed and synced."""
-
-    def __init__(self, path: Path, columns: list[str]) -> None:
-        self.path = path
-        self.columns = columns
-        _drop_partial_line(path)
-        new = not path.exists() or path.stat().st_size == 0
-        self.fh = open(path, "a", encoding="utf-8", newline="")
-        if new:
-            self._write(columns)
-
-    def _write(self, values: list[Any]) -> None:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(values)
-        self.fh.write(buf.getvalue())
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-
-    def write(self, row: dict[str, Any]) -> None:
-        self._write([_fmt(row.get(c)) for c in self.columns])
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def _drop_partial_line(path: Path) -> None:
-    """Cut an unterminated last line (left by a hard kill) from a CSV."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
-
-
-def read_predictions(path: Path) -> list[dict[str, str]]:
-    """Read a predictions CSV, ignoring an unterminated last line."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text)))
-
-
 @dataclass
 class BatchOptions:
     """Options of a batch prediction run."""
@@ -249,6 +183,8 @@ class BatchOptions:
     processes: int = 1
     threads: int | None = None
     progress: bool = True
+    num_parts: int = 1
+    part_id: int = 0
 
 
 @dataclass
@@ -273,8 +209,27 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated(f"received signal {signum}")
 
 
+def select_part(inputs: list[InputFile], num_parts: int, part_id: int) -> list[InputFile]:
+    """Part ``part_id`` of ``num_parts`` of the inputs: every ``num_parts``-th file.
+
+    Deterministic for the same inputs, so that machines of a Slurm array or a
+    Kubernetes job can each take one part; ``fetalhead merge`` joins them.
+
+    Raises:
+        InputError: If the part is not one of ``0 .. num_parts - 1``.
+
+    """
+    if num_parts < 1:
+        raise InputError(f"--num-parts must be at least 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise InputError(f"--part-id must be in 0..{num_parts - 1}, got {part_id}")
+    return inputs[part_id::num_parts]
+
+
 def check_output_dir(out: Path, inputs: list[InputFile], resume: bool, overwrite: bool) -> None:
     """Refuse to write into a used folder without --resume/--overwrite, or over inputs."""
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other: choose one")
     out_r = out.resolve()
     for f in inputs:
         if f.path.resolve().is_relative_to(out_r):
@@ -307,7 +262,13 @@ def run_batch(
     pred_path = out / "predictions.csv"
     if opts.overwrite and not opts.resume and pred_path.exists():
         pred_path.unlink()
-    done = {r["filename"] for r in read_predictions(pred_path)} if opts.resume else set()
+    done = completed_files(read_predictions(pred_path)) if opts.resume else set()
+    if opts.resume and pred_path.exists():
+        dropped = keep_only_files(pred_path, done)
+        if dropped:
+            logger.warning(
+                "resuming: %d rows of files with missing frames dropped; they are redone", dropped
+            )
     todo = [f for f in inputs if f.name not in done]
     if done:
         logger.info("resuming: %d files already in %s", len(inputs) - len(todo), pred_path)
@@ -325,11 +286,11 @@ def run_batch(
     bar = tqdm(total=len(todo), desc="measuring", unit="img", disable=not opts.progress)
 
     def handle(ev: _Event) -> None:
-        if ev.log is not None:
-            logger.log(*ev.log)
-        if ev.row is not None:
-            writer.write(ev.row)
-            rows.append(ev.row)
+        for log in ev.logs:
+            logger.log(*log)
+        if ev.rows:
+            writer.write_many(ev.rows)
+            rows.extend(ev.rows)
         bar.update(ev.files_done)
 
     own_pool = None
@@ -369,7 +330,9 @@ def run_batch(
         "model": measurer.describe(),
         "options": run_options or {},
         "n_inputs": len(inputs),
+        "n_files_done": len(completed_files(all_rows)),
         "n_rows": len(all_rows),
+        "part": {"id": opts.part_id, "num_parts": opts.num_parts},
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 3),
     }
@@ -387,6 +350,68 @@ def run_batch(
         rows=rows,
         predictions_csv=pred_path,
     )
+
+
+def merge_parts(parts: list[Path], out: Path, submission: Path | None = None) -> int:
+    """Join the output folders of a run split with ``--num-parts``.
+
+    Every part must be present once (ids ``0 .. N-1`` of the same N, read from
+    each ``run.json``) and finished: its ``run.json`` says every one of its
+    inputs is done, and its ``predictions.csv`` agrees. No file may appear in
+    two parts. Rows are written sorted by file name and frame.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        InputError: If a part is missing, unfinished, repeated or overlaps another.
+
+    """
+    seen: dict[int, Path] = {}
+    totals = set()
+    rows: list[dict[str, str]] = []
+    owner: dict[str, Path] = {}
+    for part in parts:
+        try:
+            record = json.loads((part / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"{part}: no readable run.json ({exc}); did this part finish?"
+            ) from None
+        info = record.get("part") or {"id": 0, "num_parts": 1}
+        pid, total = int(info["id"]), int(info["num_parts"])
+        totals.add(total)
+        if pid in seen:
+            raise InputError(f"{part}: part {pid} is also in {seen[pid]}")
+        seen[pid] = part
+        part_rows = read_predictions(part / "predictions.csv")
+        done = completed_files(part_rows)
+        if len(done) < int(record.get("n_inputs", -1)):
+            raise InputError(
+                f"{part}: part {pid} is unfinished ({len(done)} of {record.get('n_inputs')} "
+                "files done); rerun it with --resume"
+            )
+        for name in done:
+            if name in owner:
+                raise InputError(f"{name}: in both {owner[name]} and {part}")
+            owner[name] = part
+        rows += [r for r in part_rows if r["filename"] in done]
+    if len(totals) != 1:
+        raise InputError(f"the parts come from runs split differently: num_parts {sorted(totals)}")
+    total = totals.pop()
+    missing = sorted(set(range(total)) - set(seen))
+    if missing:
+        raise InputError(f"parts {missing} of {total} are missing")
+    rows.sort(key=lambda r: (r["filename"], int(r["frame"]) if r.get("frame") else -1))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(out / "predictions.csv") as fh:
+        w = csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in PREDICTION_COLUMNS})
+    if submission is not None:
+        write_submission(rows, submission)
+    return len(rows)
 
 
 #: Smallest folder for which ``default_processes`` starts worker processes: each
@@ -409,11 +434,17 @@ def default_processes(backend_name: str, n_files: int) -> int:
 
 @dataclass
 class _Event:
-    """Something a measuring loop reports: a finished row, a log line, files done."""
+    """A file finished by a measuring loop: all its rows, with their log lines."""
 
-    row: dict[str, Any] | None = None
-    log: tuple[int, str] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[tuple[int, str]] = field(default_factory=list)
     files_done: int = 0
+
+
+@dataclass
+class _FileState:
+    event: _Event
+    frames_left: int
 
 
 def _measure_stream(
@@ -421,60 +452,77 @@ def _measure_stream(
 ) -> Iterator[_Event]:
     """Measure decoded files in network batches; write their overlays and masks.
 
-    Yields, in input order, one event per row (with its log line) and one per
-    file taken in. Rows of a file come after its event, once its batch is done.
+    Yields one event per file, in input order, once every frame of the file is
+    measured, so that a file's rows reach the table together: an interrupted run
+    never leaves a multi-frame file half done.
     """
-    from fetalhead.overlay import draw_overlay, encode_png
+    from fetalhead.write.overlay import draw_overlay, encode_png
 
     out = opts.out_dir
-    pending: list[tuple[LoadedImage, float, str, str]] = []
+    pending: list[tuple[LoadedImage, ResolvedSpacing, str]] = []
+    files: dict[str, _FileState] = {}  # insertion order is input order
 
-    def finish(m: Measurement, loaded: LoadedImage | None) -> _Event:
+    def record(m: Measurement, loaded: LoadedImage | None) -> None:
         stem = Path(m.filename).with_suffix("").as_posix().replace("/", "__")
         if m.frame is not None:
             stem += f"_f{m.frame:03d}"
-        if loaded is not None and opts.overlays:
-            atomic_write_bytes(
-                out / "overlays" / f"{stem}.png", encode_png(draw_overlay(loaded.pixels, m))
-            )
-        if loaded is not None and opts.save_masks and m.mask is not None:
-            atomic_write_bytes(out / "masks" / f"{stem}_mask.png", encode_png(m.mask * 255))
-        log = None
+        if loaded is not None and (opts.overlays or opts.save_masks):
+            if opts.overlays:
+                atomic_write_bytes(
+                    out / "overlays" / f"{stem}.png", encode_png(draw_overlay(loaded.pixels, m))
+                )
+            if opts.save_masks and m.mask is not None:
+                atomic_write_bytes(out / "masks" / f"{stem}_mask.png", encode_png(m.mask * 255))
+        state = files[m.filename]
         if m.error:
-            log = (logging.ERROR, m.error)
+            state.event.logs.append((logging.ERROR, m.error))
         elif m.qc != "ok":
-            log = (logging.WARNING, f"{m.filename}: qc {m.qc}")
-        return _Event(row=m.to_row(), log=log)
+            state.event.logs.append((logging.WARNING, f"{m.filename}: qc {m.qc}"))
+        state.event.rows.append(m.to_row())
+        state.frames_left -= 1
+
+    def finished() -> Iterator[_Event]:
+        while files:
+            name, state = next(iter(files.items()))
+            if state.frames_left > 0:
+                return
+            del files[name]
+            yield state.event
 
     def flush() -> Iterator[_Event]:
-        if not pending:
-            return
-        results = measurer.measure_batch(
-            [p[0].pixels for p in pending], [p[1] for p in pending], [p[3] for p in pending]
-        )
-        for (loaded, _px, source, _name), m in zip(pending, results, strict=True):
-            m.frame = loaded.frame
-            m.pixel_size_source = source
-            choose_dicom_region(m, loaded)
-            yield finish(m, loaded)
-        pending.clear()
+        if pending:
+            results = measurer.measure_frames(
+                [p[0] for p in pending], [p[1] for p in pending], [p[2] for p in pending]
+            )
+            for (loaded, _, _), m in zip(pending, results, strict=True):
+                record(m, loaded)
+            pending.clear()
+        yield from finished()
 
     for dec in decoded:
+        name = dec.file.name
+        files[name] = _FileState(_Event(files_done=1), max(1, len(dec.frames)))
         if dec.error is not None:
-            yield finish(unreadable(dec.file.name, dec.error), None)
+            record(unreadable(name, dec.error), None)
         for loaded in dec.frames:
             try:
-                px, source = sizes.resolve(dec.file.name, loaded)
+                spacing = sizes.resolve(name, loaded)
             except InputError as exc:
-                m = Measurement(
-                    dec.file.name, frame=loaded.frame, qc="no_pixel_size", error=str(exc)
+                record(
+                    Measurement(
+                        name,
+                        frame=loaded.frame,
+                        n_frames=loaded.n_frames,
+                        qc="no_pixel_size",
+                        error=str(exc),
+                    ),
+                    None,
                 )
-                yield finish(m, None)
                 continue
-            pending.append((loaded, px, source, dec.file.name))
+            pending.append((loaded, spacing, name))
             if len(pending) >= opts.batch_size:
                 yield from flush()
-        yield _Event(files_done=1)
+        yield from finished()
     yield from flush()
 
 
@@ -583,15 +631,6 @@ class MeasuringPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def write_submission(rows: list[dict[str, str]], path: Path) -> None:
-    """Write the HC18 submission CSV (one row per image; empty values if unmeasured)."""
-    with atomic_writer(path) as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(SUBMISSION_COLUMNS)
-        for r in rows:
-            w.writerow([Path(r["filename"]).name] + [r.get(c, "") for c in SUBMISSION_COLUMNS[1:]])
 
 
 def _version(module: str) -> str | None:

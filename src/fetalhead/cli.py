@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fetalhead import __version__
-from fetalhead.io import InputError
+from fetalhead.image import InputError
 
 #: Inference backends (the same as ``fetalhead.predict.BackendName``, kept here so that
 #: ``--help`` does not import torch).
@@ -125,8 +125,20 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlays", action="store_true", help="write DIR/overlays/*.png")
     _add_tta(p)
     p.add_argument("--submission", metavar="CSV", help="also write an HC18 submission CSV")
-    p.add_argument("--resume", action="store_true", help="skip files already in predictions.csv")
-    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty DIR")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="skip files whose every frame is in predictions.csv"
+    )
+    again.add_argument("--overwrite", action="store_true", help="start over in a non-empty DIR")
+    p.add_argument(
+        "--num-parts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the inputs into N parts (every N-th file) to share them across machines; "
+        "join the parts' folders with 'fetalhead merge'",
+    )
+    p.add_argument("--part-id", type=int, default=0, metavar="I", help="which part (0..N-1)")
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -162,8 +174,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="HC18 metrics (DSC, HD, DF, ADF) on labelled data")
+    p = sub.add_parser(
+        "evaluate",
+        help="HC18 metrics (DSC, HD, DF, ADF) on labelled data",
+        description="Run a model on labelled data and score it, or, with --predictions, "
+        "score an existing predictions.csv without a model.",
+    )
     p.add_argument("data", help="labelled folder with its pixel-size CSV")
+    p.add_argument(
+        "--predictions",
+        metavar="CSV",
+        help="score this predictions.csv (from 'fetalhead predict' or 'merge') instead of "
+        "running a model; every labelled image is scored",
+    )
     p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
@@ -221,6 +244,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         collect_inputs,
         default_processes,
         run_batch,
+        select_part,
     )
 
     if (
@@ -229,8 +253,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         or (args.processes is not None and args.processes < 1)
     ):
         raise ValueError("--batch-size, --workers and --processes must be at least 1")
-    sizes = PixelSizes.from_options(args.pixel_size, args.pixel_size_csv)
-    inputs = collect_inputs(args.paths)
+    all_inputs = collect_inputs(args.paths)
+    inputs = select_part(all_inputs, args.num_parts, args.part_id)
+    sizes = PixelSizes.from_options(args.pixel_size, args.pixel_size_csv, all_inputs)
     measurer = _measurer(args)
     processes = args.processes or default_processes(measurer.backend_name, len(inputs))
     opts = BatchOptions(
@@ -245,6 +270,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         processes=processes,
         threads=args.threads,
         progress=not args.no_progress,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
     )
     summary = run_batch(
         measurer, inputs, sizes, opts, run_options={**vars(args), "processes": processes}
@@ -261,9 +288,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from fetalhead.evaluate import evaluate
-    from fetalhead.predict import float32_backend
+    from fetalhead.evaluate import evaluate, evaluate_predictions
+    from fetalhead.infer.backends import float32_backend
 
+    command = " ".join(["fetalhead", *sys.argv[1:]])
+    if args.predictions:
+        summary = evaluate_predictions(args.predictions, args.data, args.out, command=command)
+        print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+        return 0 if summary["n_images"] else 1
     if args.backend == "auto":
         args.backend = float32_backend()
     summary = evaluate(
@@ -272,10 +304,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.out,
         split=args.split,
         progress=not args.no_progress,
-        command=" ".join(["fetalhead", *sys.argv[1:]]),
+        command=command,
     )
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     return 0 if summary["n_images"] else 1
+
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="join the output folders of 'predict --num-parts N' into one",
+        description="Check that every part of a split run finished (all N parts present, each "
+        "with all of its files done), then write one predictions.csv (and submission).",
+    )
+    p.add_argument("parts", nargs="+", metavar="DIR", help="the parts' output folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged table")
+    p.add_argument("--submission", metavar="CSV", help="also write an HC18 submission CSV")
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from fetalhead.batch import merge_parts
+
+    n = merge_parts(
+        [Path(p) for p in args.parts],
+        Path(args.out),
+        Path(args.submission) if args.submission else None,
+    )
+    print(f"merged {len(args.parts)} parts, {n} rows -> {Path(args.out) / 'predictions.csv'}")
+    return 0
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -287,8 +343,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from fetalhead.infer.onnx import export_onnx, onnx_available
     from fetalhead.model import Checkpoint
-    from fetalhead.onnx import export_onnx, onnx_available
     from fetalhead.predict import DEFAULT_WEIGHTS
 
     if not onnx_available():
@@ -329,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_merge(sub)
     _add_train(sub)
     _add_export(sub)
     _add_serve(sub)
@@ -338,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "predict": _cmd_predict,
     "evaluate": _cmd_evaluate,
+    "merge": _cmd_merge,
     "train": _cmd_train,
     "export": _cmd_export,
     "serve": _cmd_serve,

@@ -1,4 +1,4 @@
-"""Data sets: HC18 and simple-mask layouts, prefix-grouped splits, letterboxing."""
+"""Labelled data sets: HC18 and simple-mask layouts, prefix-grouped splits, cached targets."""
 
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from fetalhead.ellipse import (
+from fetalhead.geometry.ellipse import (
     Ellipse,
     find_head_contour,
     fit_ellipse,
     render_ellipse_coverage,
 )
-from fetalhead.io import InputError, read_gray, read_pixel_size_csv
+from fetalhead.geometry.letterbox import Letterbox
+from fetalhead.image import InputError
+from fetalhead.readers import read_gray
+from fetalhead.readers.tables import find_pixel_size_table, read_pixel_size_csv
 
 logger = logging.getLogger(__name__)
 
@@ -76,25 +79,25 @@ def detect_layout(root: Path) -> Layout:
     )
 
 
-def _find_csv(root: Path) -> Path | None:
-    for cand in [*root.glob("*.csv"), *root.parent.glob(f"{root.name}*pixel_size*.csv")]:
-        if "pixel" in cand.name.lower() or cand.parent == root:
-            return cand
-    return None
-
-
 def find_cases(root: str | Path, pixel_csv: str | Path | None = None) -> list[Case]:
     """List the labelled cases in a folder, detecting its layout.
 
     The pixel-size CSV is taken from ``pixel_csv`` or found beside the folder
-    (HC18's ``training_set_pixel_size_and_HC.csv``) or inside it.
+    (HC18's ``training_set_pixel_size_and_HC.csv``) or inside it; only a table
+    with a file-name and a pixel-size column (and optionally HC) qualifies, and
+    two qualifying tables are an error (:func:`find_pixel_size_table`).
+
+    Raises:
+        InputError: If the folder holds no labelled images, or its pixel-size
+            table is ambiguous.
+
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
     layout = detect_layout(root)
     suffix = "_Annotation.png" if layout == "hc18" else "_Mask.png"
-    csv_path = Path(pixel_csv) if pixel_csv else _find_csv(root)
+    csv_path = Path(pixel_csv) if pixel_csv else find_pixel_size_table(root)
     table = read_pixel_size_csv(csv_path) if csv_path else None
     cases = []
     for label in sorted(root.glob(f"*{suffix}")):
@@ -200,72 +203,6 @@ def kfold_by_prefix(
     train = [c for c in cases if fold_of[c.prefix] != fold]
     val = [c for c in cases if fold_of[c.prefix] == fold]
     return train, val
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Aspect-preserving resize of an image into a fixed network input.
-
-    The image is resized by ``(sx, sy)`` (equal up to rounding) and placed at
-    ``(pad_x, pad_y)`` inside an ``out_h x out_w`` canvas of zeros.
-    """
-
-    in_h: int
-    in_w: int
-    out_h: int
-    out_w: int
-    keep_aspect: bool = True
-
-    @property
-    def resized(self) -> tuple[int, int]:
-        """``(h, w)`` of the resized image inside the canvas."""
-        if not self.keep_aspect:
-            return self.out_h, self.out_w
-        s = min(self.out_h / self.in_h, self.out_w / self.in_w)
-        return max(1, round(self.in_h * s)), max(1, round(self.in_w * s))
-
-    @property
-    def scale(self) -> tuple[float, float]:
-        """``(sx, sy)`` from original to network pixels."""
-        h, w = self.resized
-        return w / self.in_w, h / self.in_h
-
-    @property
-    def pad(self) -> tuple[int, int]:
-        """``(pad_x, pad_y)`` offset of the resized image in the canvas."""
-        h, w = self.resized
-        return (self.out_w - w) // 2, (self.out_h - h) // 2
-
-    def apply(self, image: NDArray, interpolation: int = cv2.INTER_AREA) -> NDArray:
-        """Resize and pad a 2-D array into the network canvas."""
-        h, w = self.resized
-        small = cv2.resize(image, (w, h), interpolation=interpolation)
-        out = np.zeros((self.out_h, self.out_w), dtype=small.dtype)
-        px, py = self.pad
-        out[py : py + h, px : px + w] = small
-        return out
-
-    def crop(self, net_map: NDArray) -> NDArray:
-        """Cut the resized-image region out of a network-sized map."""
-        h, w = self.resized
-        px, py = self.pad
-        return net_map[..., py : py + h, px : px + w]
-
-    def to_original(self, xy: NDArray[np.floating]) -> NDArray[np.float64]:
-        """Map ``(x, y)`` network pixel coordinates to original pixels."""
-        sx, sy = self.scale
-        px, py = self.pad
-        out = np.asarray(xy, dtype=np.float64).copy()
-        out[:, 0] = (out[:, 0] - px + 0.5) / sx - 0.5
-        out[:, 1] = (out[:, 1] - py + 0.5) / sy - 0.5
-        return out
-
-    def ellipse_to_net(self, e: Ellipse) -> Ellipse:
-        """Map an ellipse from original to network pixel coordinates."""
-        sx, sy = self.scale
-        px, py = self.pad
-        s = e.scaled(sx, sy)
-        return Ellipse(s.cx + 0.5 * sx - 0.5 + px, s.cy + 0.5 * sy - 0.5 + py, s.a, s.b, s.angle)
 
 
 class CachedCases:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fetalhead.io import atomic_write_bytes
+from fetalhead.write.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fetalhead import __version__
-from fetalhead.io import InputError, looks_like_dicom, read_image_bytes, validate_pixel_size
-from fetalhead.predict import HeadMeasurer, Measurement
+from fetalhead.image import InputError
+from fetalhead.measure import Measurement
+from fetalhead.predict import HeadMeasurer
+from fetalhead.readers import read_image_bytes
+from fetalhead.readers.dicom import looks_like_dicom
+from fetalhead.readers.tables import validate_pixel_size
+from fetalhead.spacing import resolve_pixel_size
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +157,7 @@ def _result_json(m: Measurement, rid: str, model_version: str) -> dict[str, Any]
 
 def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) -> FastAPI:
     """Build the FastAPI application around a loaded measurer."""
-    from fetalhead.overlay import draw_overlay, encode_png
+    from fetalhead.write.overlay import draw_overlay, encode_png
 
     settings = settings or ServeSettings()
     app = FastAPI(
@@ -190,11 +195,13 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
 
     def work(data: bytes, px: float | None) -> tuple[dict[str, Any], bytes]:
         frame = read_image_bytes(data, "upload")[0]
-        if px is None and frame.pixel_size_mm is None:
+        try:
+            spacing = resolve_pixel_size("upload", frame, cli_mm=px)
+        except InputError:
             raise InputError(
                 "upload: no pixel size; give pixel_size_mm (the image carries no calibration)"
-            )
-        m = measurer.measure(frame, px, filename="upload")
+            ) from None
+        m = measurer.measure_frames([frame], [spacing], ["upload"])[0]
         return _result_json(m, "", model_version), encode_png(draw_overlay(frame.pixels, m))
 
     @app.post("/api/v1/measure")

@@ -32,19 +32,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from fetalhead.data import (
-    CachedCases,
-    Case,
-    Letterbox,
-    find_cases,
-    kfold_by_prefix,
-    split_by_prefix,
-)
-from fetalhead.ellipse import find_head_contour, fit_ellipse
+from fetalhead.data import CachedCases, Case, find_cases, kfold_by_prefix, split_by_prefix
+from fetalhead.geometry.ellipse import find_head_contour, fit_ellipse
+from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.gestation import hadlock_1984, trimester
-from fetalhead.hardware import native_bf16
-from fetalhead.io import atomic_write_bytes, atomic_writer
+from fetalhead.infer.hardware import native_bf16
 from fetalhead.model import Checkpoint, ModelConfig, ResUNet
+from fetalhead.write.atomic import atomic_write_bytes, atomic_writer
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fetalhead.io import atomic_write_bytes
 from fetalhead.model import Checkpoint
+from fetalhead.write.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

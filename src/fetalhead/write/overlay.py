@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from fetalhead.ellipse import Ellipse
-from fetalhead.predict import Measurement
+from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.measure import Measurement
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _GREEN = (80, 220, 80)
@@ -46,12 +46,16 @@ def draw_overlay(
     """Return a BGR overlay of a measurement on its grayscale image.
 
     Args:
-        image: The grayscale image the measurement was made on.
+        image: The grayscale image the measurement was made on. A file's own pixels
+            are resized to the measured shape when they differ (non-square DICOM
+            pixels are measured after resampling to square ones).
         m: The measurement: mask contour in green, fitted ellipse in yellow, its axes
             in cyan (OFD) and magenta (BPD), and the values as text.
         reference: A reference ellipse (e.g. the annotation's), drawn in red.
 
     """
+    if m.image_shape is not None and image.shape[:2] != tuple(m.image_shape):
+        image = cv2.resize(image, m.image_shape[::-1], interpolation=cv2.INTER_LINEAR)
     out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     scale = max(1, round(max(image.shape) / 800))
     thick = max(1, scale)

@@ -1,0 +1,1 @@
+"""Geometry: ellipses and the letterbox between image and network coordinates."""

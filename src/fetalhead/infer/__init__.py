@@ -1,0 +1,1 @@
+"""Inference: preprocessing and the backends that turn images into probability maps."""

@@ -1,0 +1,1 @@
+"""Writing results: atomic files, prediction tables, submissions and overlays."""
