@@ -116,3 +116,35 @@ def test_cli_evaluate_tiny_model(tiny_checkpoint, tmp_path, capsys, monkeypatch)
 def test_cli_evaluate_val_split_needs_recorded_split(tiny_checkpoint, tmp_path, capsys) -> None:
     rc = evaluate_cli(tiny_checkpoint, tmp_path / "ev")
     assert rc == 2 and "--split all" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_predictions_file_without_a_model(tmp_path) -> None:
+    from fetalhead.data import label_ellipse
+
+    # A predictions.csv holding the reference ellipses themselves scores perfectly.
+    rows = [
+        "filename,frame,center_x_mm,center_y_mm,semi_axes_a_mm,semi_axes_b_mm,angle_rad,"
+        "pixel_size_mm,qc"
+    ]
+    for c in find_cases(MINI):
+        e, px = label_ellipse(c), c.pixel_size_mm
+        rows.append(
+            f"{c.image.name},,{e.cx * px},{e.cy * px},{e.a * px},{e.b * px},{e.angle},{px},ok"
+        )
+    (tmp_path / "p.csv").write_text("\n".join(rows[:3]) + "\n")  # 788 left out
+    from fetalhead.cli import main
+
+    rc = main(
+        [
+            "evaluate",
+            str(MINI),
+            "--predictions",
+            str(tmp_path / "p.csv"),
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
+    assert rc == 0
+    s = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert s["n_images"] == 2 and s["skipped"]["no_prediction"] == ["788_2HC.png"]
+    assert s["adf_mm"]["mean"] < 0.05 and s["dsc"]["mean"] > 0.999 and s["hd_mm"]["mean"] < 0.05

@@ -15,6 +15,8 @@ import secrets
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,8 +55,10 @@ class ServeSettings:
 
     Attributes:
         max_upload_mb: Largest accepted request body.
-        timeout_s: Longest time one measurement may take.
-        max_concurrent: Measurements running at once.
+        timeout_s: Longest time a request waits for its measurement (408 after it);
+            a request that finds no free slot within it gets 503.
+        max_concurrent: Measurements running at once. A measurement keeps its
+            slot until it has really ended, even after its request timed out.
         max_results: Overlays kept in memory for ``GET .../overlay.png``.
         token: Bearer token required on ``/api/`` routes (default: ``$FETALHEAD_API_TOKEN``).
 
@@ -168,7 +172,10 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
     )
     overlays: OrderedDict[str, bytes] = OrderedDict()
     lock = threading.Lock()
+    # Worker threads cannot be stopped, so a slot is freed when the work ends,
+    # not when its request gives up: max_concurrent is a real bound.
     slots = asyncio.Semaphore(settings.max_concurrent)
+    executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="fetalhead-measure")
     model_info = measurer.describe()
     model_version = f"fetalhead {__version__} / weights {str(model_info['weights_sha256'])[:12]}"
 
@@ -223,17 +230,22 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
                 px = validate_pixel_size(pixel_size_mm, "pixel_size_mm")
             except InputError as exc:
                 raise HTTPException(422, str(exc)) from None
-        async with slots:
-            try:
-                result, png = await asyncio.wait_for(
-                    asyncio.to_thread(work, data, px), timeout=settings.timeout_s
-                )
-            except InputError as exc:
-                raise HTTPException(422, str(exc)) from None
-            except TimeoutError:
-                raise HTTPException(
-                    408, f"measuring took longer than {settings.timeout_s} s"
-                ) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.timeout_s
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout=settings.timeout_s)
+        except TimeoutError:
+            raise HTTPException(503, "all measuring slots are busy; try again later") from None
+        job = loop.run_in_executor(executor, work, data, px)
+        job.add_done_callback(_release_when_done(slots))
+        try:
+            result, png = await asyncio.wait_for(
+                asyncio.shield(job), timeout=max(0.0, deadline - loop.time())
+            )
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except TimeoutError:
+            raise HTTPException(408, f"measuring took longer than {settings.timeout_s} s") from None
         rid = uuid.uuid4().hex
         result["id"] = rid
         result["overlay_url"] = f"/api/v1/measure/{rid}/overlay.png"
@@ -258,6 +270,18 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
     return app
+
+
+def _release_when_done(slots: asyncio.Semaphore) -> Callable[[asyncio.Future], None]:
+    """A done-callback that frees a measuring slot and collects the work's outcome."""
+
+    def done(job: asyncio.Future) -> None:
+        slots.release()
+        if not job.cancelled() and job.exception() is not None:
+            # Its request may have timed out already; the error is logged, not lost.
+            logger.debug("measurement ended with %r", job.exception())
+
+    return done
 
 
 def _card_summary(measurer: HeadMeasurer) -> str | None:
