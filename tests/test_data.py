@@ -96,9 +96,20 @@ def test_cached_soft_targets_are_unbiased() -> None:
         assert img.shape == target.shape == (192, 288)
         shape = read_gray(case.image).shape
         lb = Letterbox(shape[0], shape[1], 192, 288)
+        # The target spans the whole network canvas, padding included: no pad to add.
         pts, _ = find_head_contour(target)
-        hc = fit_ellipse(lb.to_original(pts + np.array(lb.pad))).ellipse.perimeter
-        assert hc * case.pixel_size_mm == pytest.approx(case.hc_mm, abs=0.1)
+        e = fit_ellipse(lb.to_original(pts)).ellipse
+        ref = label_ellipse(case)
+        assert e.perimeter * case.pixel_size_mm == pytest.approx(case.hc_mm, abs=0.1)
+        # Centre and angle too: the HC18 submission reports them.
+        assert (e.cx, e.cy) == pytest.approx((ref.cx, ref.cy), abs=0.5)
+        # (a, b, angle) and (b, a, angle + pi/2) are one ellipse: compare the major axes.
+        def major_angle(x: Ellipse) -> float:
+            return x.angle if x.a >= x.b else x.angle + np.pi / 2
+
+        d = abs(major_angle(e) - major_angle(ref)) % np.pi
+        assert min(d, np.pi - d) < 0.02
+        assert (e.major, e.minor) == pytest.approx((ref.major, ref.minor), abs=0.5)
 
 
 def _cases_with_prefixes(counts: dict[str, int]) -> list:

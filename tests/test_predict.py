@@ -411,3 +411,20 @@ def test_auto_backend_is_bf16_only_where_the_cpu_has_it(monkeypatch) -> None:
     assert HeadMeasurer(ck, backend="auto").backend_name == "torch-bf16"
     monkeypatch.setattr(backends, "native_bf16", lambda: False)
     assert HeadMeasurer(ck, backend="auto").backend_name in ("onnx", "torch")
+
+
+#: Reference HC of the bundled labelled images (HC18 training CSV, van den Heuvel et al.).
+MINI_REFERENCE_HC_MM = {"052_HC.png": 71.91, "433_HC.png": 173.3, "788_2HC.png": 312.49}
+
+
+def test_shipped_weights_reproduce_the_reference_hc_of_labelled_images() -> None:
+    from fetalhead.predict import DEFAULT_WEIGHTS
+
+    # Tolerance: 3 mm or 4 % of the reference, whichever is larger. The shipped model's
+    # mean error is about 2 mm; third-trimester heads (788_2HC) run several mm large.
+    m = HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS, backend="torch", tta=False)
+    for c in find_cases(MINI):
+        r = m.measure(c.image, c.pixel_size_mm)
+        ref = MINI_REFERENCE_HC_MM[c.image.name]
+        assert abs(r.hc_mm - ref) <= max(3.0, 0.04 * ref), (c.image.name, r.hc_mm, ref)
+        assert r.bpd_mm < r.ofd_mm and r.qc == "ok"
