@@ -16,7 +16,7 @@ import time
 import torch
 
 from fetalhead.model import ModelConfig, ResUNet
-from fetalhead.train import compute_loss
+from fetalhead.training.losses import compute_loss
 
 
 def bench(channels_last: bool, steps: int, batch: int, hw: tuple[int, int]) -> float:

@@ -29,7 +29,7 @@ from fetalhead.data import find_cases, kfold_by_prefix
 from fetalhead.infer.backends import preprocess
 from fetalhead.model import Checkpoint
 from fetalhead.readers import read_gray
-from fetalhead.train import TrainConfig, train
+from fetalhead.training import TrainConfig, train
 
 logger = logging.getLogger("cross_validate")
 

@@ -103,6 +103,7 @@ def test_cached_soft_targets_are_unbiased() -> None:
         assert e.perimeter * case.pixel_size_mm == pytest.approx(case.hc_mm, abs=0.1)
         # Centre and angle too: the HC18 submission reports them.
         assert (e.cx, e.cy) == pytest.approx((ref.cx, ref.cy), abs=0.5)
+
         # (a, b, angle) and (b, a, angle + pi/2) are one ellipse: compare the major axes.
         def major_angle(x: Ellipse) -> float:
             return x.angle if x.a >= x.b else x.angle + np.pi / 2

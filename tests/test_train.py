@@ -15,14 +15,10 @@ from conftest import make_mask_dataset
 from fetalhead.cli import main as cli_main
 from fetalhead.data import Case
 from fetalhead.model import Checkpoint
-from fetalhead.train import (
-    TrainConfig,
-    WeightedEpochSampler,
-    dice_loss,
-    resolve_precision,
-    train,
-    trimester_weights,
-)
+from fetalhead.training import TrainConfig, train
+from fetalhead.training.config import resolve_precision
+from fetalhead.training.losses import dice_loss
+from fetalhead.training.samples import WeightedEpochSampler, trimester_weights
 
 #: CLI options of the tiny synthetic runs (match tiny_config below).
 TINY_CLI = [
@@ -263,7 +259,7 @@ def test_precision_and_fold_options_are_checked() -> None:
 
 
 def test_auto_precision_follows_the_cpu(monkeypatch) -> None:
-    from fetalhead import train as train_mod
+    from fetalhead.training import config as train_mod
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(train_mod, "native_bf16", lambda: True)
@@ -271,3 +267,36 @@ def test_auto_precision_follows_the_cpu(monkeypatch) -> None:
     monkeypatch.setattr(train_mod, "native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) is None
     assert resolve_precision("auto", torch.device("cuda")) is torch.float16
+
+
+def test_validation_adf_is_the_evaluated_adf(tmp_path) -> None:
+    """Training validation scores HC with predict's post-processing, as evaluate does."""
+    from conftest import MINI, OracleBackend
+    from fetalhead.data import find_cases, label_ellipse
+    from fetalhead.evaluate import evaluate
+    from fetalhead.geometry.ellipse import Ellipse
+    from fetalhead.model import ModelConfig, ResUNet
+    from fetalhead.predict import HeadMeasurer
+    from fetalhead.readers import read_gray
+    from fetalhead.training.loop import reference_hc_mm, val_hc_errors
+
+    cfg = TrainConfig(image_h=192, image_w=288)
+    net = ModelConfig(start_filters=2, dropout=0.0, input_hw=(192, 288))
+    cases = find_cases(MINI)
+    shapes = [read_gray(c.image).shape for c in cases]
+    # Maps of ellipses 3 % too large in a, 1 % too small in b: a known, non-zero error.
+    wrong = [
+        Ellipse(e.cx + 2, e.cy - 1, e.a * 1.03, e.b * 0.99, e.angle)
+        for e in (label_ellipse(c) for c in cases)
+    ]
+    probs = OracleBackend(wrong, shapes, net)(np.zeros((len(cases), 1, 192, 288), np.float32))
+    logged = val_hc_errors(
+        probs, [reference_hc_mm(c) for c in cases], [c.pixel_size_mm for c in cases], cfg, shapes
+    )
+    m = HeadMeasurer(Checkpoint.from_model(ResUNet(net)), backend="torch", tta=False)
+    m.backend = OracleBackend(wrong, shapes, net)
+    s = evaluate(m, MINI, tmp_path / "ev", split="all", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "metrics.csv")))
+    assert [float(r["adf_mm"]) for r in rows] == pytest.approx(logged, abs=1e-9)
+    assert s["adf_mm"]["mean"] == pytest.approx(float(np.mean(logged)), abs=1e-9)
+    assert min(logged) > 0.3  # the error is really there

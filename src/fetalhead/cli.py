@@ -53,7 +53,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fetalhead.train import TrainConfig, train
+    from fetalhead.training import TrainConfig, train
 
     hw: tuple[int | None, int | None] = (None, None)
     if args.image_size:

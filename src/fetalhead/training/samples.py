@@ -1,0 +1,97 @@
+"""What one training step sees: cached images, augmentation and sampling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.utils.data import Dataset, Sampler
+
+from fetalhead.data import CachedCases, Case
+from fetalhead.gestation import hadlock_1984, trimester
+
+
+def build_augmentation(seed: int) -> A.Compose:
+    """Flips, small rotations/scales/shifts, and gamma/contrast changes."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.Affine(
+                scale=(0.85, 1.15),
+                rotate=(-20, 20),
+                translate_percent=(-0.06, 0.06),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_LINEAR,
+                border_mode=cv2.BORDER_CONSTANT,
+                p=0.7,
+            ),
+            A.RandomGamma(gamma_limit=(70, 150), p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.2, p=0.5),
+        ],
+        seed=seed,
+    )
+
+
+def trimester_weights(cases: list[Case]) -> NDArray[np.float64]:
+    """Per-case sampling weight, the inverse square root of its trimester's share.
+
+    Cases without a reference HC get weight 1 (as if their trimester were typical).
+    """
+    labels = [
+        trimester(hadlock_1984(c.hc_mm).weeks) if c.hc_mm and c.hc_mm > 0 else None for c in cases
+    ]
+    known = [t for t in labels if t is not None]
+    share = {t: known.count(t) / len(known) for t in set(known)}
+    w = np.array([1.0 if t is None else share[t] ** -0.5 for t in labels])
+    return w / w.mean()
+
+
+class WeightedEpochSampler(Sampler[int]):
+    """Each epoch, draw indices with replacement in proportion to ``weights``.
+
+    The draw depends only on (seed, epoch), so all ranks draw the same list and rank
+    ``r`` of ``world`` takes every ``world``-th index from ``r``: equal step counts,
+    no overlap, and an exactly repeatable (resumable) run.
+    """
+
+    def __init__(self, weights: NDArray[np.float64], seed: int, rank: int, world: int) -> None:
+        self.p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+        self.total = math.ceil(len(self.p) / world) * world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        idx = rng.choice(len(self.p), size=self.total, replace=True, p=self.p)
+        return iter(idx[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.total // self.world
+
+
+class HeadDataset(Dataset):
+    """Cached letterboxed images with soft targets and optional augmentation."""
+
+    def __init__(self, cache: CachedCases, augment: A.Compose | None) -> None:
+        self.cache = cache
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img, target = self.cache.images[i], self.cache.targets[i]
+        if self.augment is not None:
+            out = self.augment(image=img, mask=target)
+            img, target = out["image"], out["mask"]
+        x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32) / 255.0)[None]
+        y = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
+        return x, y
