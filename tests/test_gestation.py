@@ -12,11 +12,24 @@ def test_intergrowth_worked_example() -> None:
     assert ga.in_range
 
 
-def test_hadlock_formula() -> None:
-    # HC 25 cm: 8.96 + 0.540*25 + 0.0003*25**3 = 27.1475 weeks.
-    ga = hadlock_1984(250.0)
-    assert ga.weeks == pytest.approx(8.96 + 0.54 * 25 + 0.0003 * 25**3)
+# Hadlock 1984: GA (weeks) = 8.96 + 0.540 HC + 0.0003 HC^3, HC in cm; worked by hand:
+# 10 cm: 8.96 + 5.4 + 0.3 = 14.66; 20 cm: 8.96 + 10.8 + 2.4 = 22.16;
+# 25 cm: 8.96 + 13.5 + 4.6875 = 27.1475; 30 cm: 8.96 + 16.2 + 8.1 = 33.26.
+@pytest.mark.parametrize(
+    ("hc_mm", "weeks"), [(100.0, 14.66), (200.0, 22.16), (250.0, 27.1475), (300.0, 33.26)]
+)
+def test_hadlock_formula(hc_mm: float, weeks: float) -> None:
+    ga = hadlock_1984(hc_mm)
+    assert ga.weeks == pytest.approx(weeks, abs=1e-9)
     assert ga.in_range and ga.formula == "hadlock_1984"
+
+
+# INTERGROWTH-21st: GA (days) = exp(0.05970 (ln HC)^2 + 0.000000006409 HC^3 + 3.3258), HC in
+# mm; by hand: 150 mm: ln = 5.010635, 0.0597 * 25.10647 + 0.021630 + 3.3258 = 4.846286 -> 127.26
+# days; 300 mm: ln = 5.703782, 0.0597 * 32.53313 + 0.173043 + 3.3258 = 5.441071 -> 230.69 days.
+@pytest.mark.parametrize(("hc_mm", "days"), [(150.0, 127.26), (300.0, 230.69)])
+def test_intergrowth_formula(hc_mm: float, days: float) -> None:
+    assert intergrowth_21st(hc_mm).days == pytest.approx(days, abs=0.01)
 
 
 @pytest.mark.parametrize("fn", [hadlock_1984, intergrowth_21st])
