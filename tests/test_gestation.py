@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from fetalhead.gestation import hadlock_1984, intergrowth_21st
+from fetalhead.gestation import format_weeks_days, hadlock_1984, intergrowth_21st
 
 
 def test_intergrowth_worked_example() -> None:
@@ -50,3 +50,23 @@ def test_invalid_hc_gives_nan(fn, hc) -> None:
 def test_formulas_agree_mid_pregnancy() -> None:
     for hc in (120, 200, 280):
         assert abs(hadlock_1984(hc).weeks - intergrowth_21st(hc).weeks) < 1.5
+
+
+@pytest.mark.parametrize(
+    ("weeks", "text"),
+    [
+        (20.43, "20w3d"),  # 143.01 days
+        (20.0, "20w0d"),
+        (20.99, "21w0d"),  # 146.93 days round to 147: 21 weeks
+        (39.6, "39w4d"),  # 277.2 days: 277 = 39 * 7 + 4
+        (14.0 + 6 / 7, "14w6d"),
+        (float("nan"), "-"),
+    ],
+)
+def test_weeks_days(weeks: float, text: str) -> None:
+    assert format_weeks_days(weeks) == text
+
+
+def test_estimates_carry_weeks_days() -> None:
+    # 250 mm by Hadlock: 27.1475 weeks = 190.03 days = 27 weeks 1 day.
+    assert hadlock_1984(250.0).weeks_days == "27w1d"

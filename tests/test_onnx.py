@@ -1,4 +1,5 @@
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -75,4 +76,8 @@ def test_readme_main_job_gives_sensible_values(tmp_path, capsys) -> None:
         assert 40 < float(r["hc_mm"]) < 400
         assert float(r["bpd_mm"]) < float(r["ofd_mm"])
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 8
-    assert "HC mm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "HC mm" in out
+    # GA is printed as clinicians read it, completed weeks and days (the CSV keeps decimals).
+    assert re.search(r" \d{1,2}w\dd ", out), out
+    assert all("." in r["ga_weeks_hadlock"] for r in rows)

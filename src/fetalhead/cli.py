@@ -208,17 +208,21 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_table(rows: list[dict]) -> None:
+    from fetalhead.gestation import format_weeks_days
+
     def f(v: object, spec: str = ".1f") -> str:
         return format(v, spec) if isinstance(v, float) else "-"
 
-    header = f"{'file':<28} {'HC mm':>7} {'BPD mm':>7} {'OFD mm':>7} {'GA wk':>6}  qc"
+    header = f"{'file':<28} {'HC mm':>7} {'BPD mm':>7} {'OFD mm':>7} {'GA':>7}  qc"
     print(header)
     print("-" * len(header))
     for r in rows[:200]:
         name = r["filename"] if r.get("frame") is None else f"{r['filename']}[{r['frame']}]"
+        weeks = r.get("ga_weeks_hadlock")
+        ga = format_weeks_days(weeks) if isinstance(weeks, float) else "-"
         print(
             f"{name[-28:]:<28} {f(r['hc_mm']):>7} {f(r['bpd_mm']):>7} {f(r['ofd_mm']):>7} "
-            f"{f(r['ga_weeks_hadlock']):>6}  {r['qc']}"
+            f"{ga:>7}  {r['qc']}"
         )
     if len(rows) > 200:
         print(f"... {len(rows) - 200} more rows in predictions.csv")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["GAEstimate", "hadlock_1984", "intergrowth_21st"]
+__all__ = ["GAEstimate", "format_weeks_days", "hadlock_1984", "intergrowth_21st"]
 
 #: Hadlock et al. 1984 (Radiology 152:497-501) derived its formulas on foetuses
 #: of 14 to 42 weeks.
@@ -41,6 +41,22 @@ class GAEstimate:
     def days(self) -> float:
         """Gestational age in days."""
         return self.weeks * 7.0
+
+    @property
+    def weeks_days(self) -> str:
+        """The age as clinicians write it, completed weeks and days: ``20w3d`` (or ``-``)."""
+        return format_weeks_days(self.weeks)
+
+
+def format_weeks_days(weeks: float) -> str:
+    """Completed weeks and days, ``20w3d``: days are rounded to the nearest whole day.
+
+    Example: 20.43 weeks is 143.01 days, 20 weeks and 3 days: ``20w3d``.
+    """
+    if not math.isfinite(weeks) or weeks < 0:
+        return "-"
+    days = round(weeks * 7.0)
+    return f"{days // 7}w{days % 7}d"
 
 
 def _estimate(weeks: float, formula: str, rng: tuple[float, float]) -> GAEstimate:

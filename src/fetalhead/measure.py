@@ -31,6 +31,9 @@ class Measurement:
         pixel_size_mm: Pixel size used, or ``None``.
         pixel_size_source: ``cli``, ``csv``, ``dicom-region`` or ``dicom-pixel-spacing``.
         confidence: Mean head probability inside the predicted head.
+        head_probability: How likely the found region is a foetal head in ultrasound
+            (:mod:`fetalhead.plausibility`); below the model's threshold it is
+            dropped and qc is ``no_head_found``.
         contour: Boundary points ``(x, y)`` in original pixels.
         error: Human-readable reason when the image could not be measured.
 
@@ -45,6 +48,7 @@ class Measurement:
     pixel_size_mm: float | None = None
     pixel_size_source: str | None = None
     confidence: float | None = None
+    head_probability: float | None = None
     contour: NDArray[np.float64] | None = field(default=None, repr=False)
     error: str | None = None
     _prob: NDArray[np.float32] | None = field(default=None, repr=False)
@@ -169,6 +173,7 @@ class Measurement:
                 "pixel_size_mm": self.pixel_size_mm,
                 "pixel_size_source": self.pixel_size_source,
                 "confidence": self.confidence,
+                "head_probability": self.head_probability,
                 "qc": self.qc,
                 "error": self.error,
             }

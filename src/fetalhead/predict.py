@@ -26,6 +26,8 @@ from fetalhead.image import InputError, LoadedImage, to_uint8_gray
 from fetalhead.infer.backends import BackendName, make_backend, preprocess
 from fetalhead.measure import Measurement
 from fetalhead.model import Checkpoint, file_sha256
+from fetalhead.plausibility import DEFAULT_MODEL as DEFAULT_REJECTOR
+from fetalhead.plausibility import HeadRejector, head_features
 from fetalhead.postprocess import PostprocessName, postprocess
 from fetalhead.readers import read_image
 from fetalhead.spacing import ResolvedSpacing, region_of_head, resolve_pixel_size, square_pixels
@@ -74,6 +76,7 @@ class HeadMeasurer:
         threads: int | None = None,
         compile: bool = False,
         weights_path: Path | None = None,
+        reject_non_heads: bool = True,
     ) -> None:
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -87,7 +90,12 @@ class HeadMeasurer:
             "tta": self.tta,
             "postprocess": postprocess,
             "compile": compile,
+            "reject_non_heads": reject_non_heads,
         }
+        #: Decides whether a found head is a foetal head in ultrasound (None: keep all).
+        self.rejector: HeadRejector | None = (
+            HeadRejector.load() if reject_non_heads and DEFAULT_REJECTOR.exists() else None
+        )
         if threads:
             torch.set_num_threads(threads)
         self.backend = make_backend(checkpoint, backend, compile)
@@ -144,14 +152,27 @@ class HeadMeasurer:
         batch = np.stack([x for x, _ in prepared])[:, None]
         probs = self._probabilities(batch)
         return [
-            self._finish(prob, lb, px, name)
-            for prob, (_, lb), px, name in zip(probs, prepared, pixel_sizes_mm, names, strict=True)
+            self._finish(img, prob, lb, px, name)
+            for img, prob, (_, lb), px, name in zip(
+                images, probs, prepared, pixel_sizes_mm, names, strict=True
+            )
         ]
 
     def _finish(
-        self, prob: NDArray[np.float32], lb: Letterbox, px: float | None, name: str
+        self,
+        image: NDArray[np.uint8],
+        prob: NDArray[np.float32],
+        lb: Letterbox,
+        px: float | None,
+        name: str,
     ) -> Measurement:
         e, contour, conf, reasons = postprocess(prob, lb, self.postprocess_method)
+        head_p = None
+        if e is not None and contour is not None and conf is not None and self.rejector:
+            head_p = self.rejector.probability(head_features(image, e, contour, conf))
+            if head_p < self.rejector.threshold:
+                # Not a foetal head in ultrasound: no ellipse, no measures.
+                e, contour, reasons = None, None, ["no_head_found"]
         if px is None:
             reasons.append("no_pixel_size")
         return Measurement(
@@ -161,6 +182,7 @@ class HeadMeasurer:
             ellipse=e,
             pixel_size_mm=px,
             confidence=conf,
+            head_probability=head_p,
             contour=contour,
             _prob=prob,
             _letterbox=lb,

@@ -145,6 +145,7 @@ def _result_json(m: Measurement, rid: str, model_version: str) -> dict[str, Any]
         "ga": {
             g.formula: {
                 "weeks": g.weeks,
+                "weeks_days": g.weeks_days,
                 "in_range": g.in_range,
                 "valid_range_weeks": g.valid_range_weeks,
             }

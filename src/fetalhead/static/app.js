@@ -64,8 +64,8 @@
     const flag = (g) => (g.weeks === undefined ? "" : g.in_range ? "" : " (outside validity range)");
     const items = [
       ["HC", `${fmt(d.hc_mm)} mm`], ["BPD", `${fmt(d.bpd_mm)} mm`], ["OFD", `${fmt(d.ofd_mm)} mm`],
-      ["GA (Hadlock 1984)", `${fmt(h.weeks)} weeks${flag(h)}`],
-      ["GA (INTERGROWTH-21st)", `${fmt(ig.weeks)} weeks${flag(ig)}`],
+      ["GA (Hadlock 1984)", `${h.weeks_days || "-"}${flag(h)}`],
+      ["GA (INTERGROWTH-21st)", `${ig.weeks_days || "-"}${flag(ig)}`],
       ["Pixel size", `${fmt(d.pixel_size_mm, 4)} mm (${d.pixel_size_source})`],
       ["QC", d.qc], ["Model", d.model_version],
     ];
@@ -76,11 +76,15 @@
       return [dt, dd];
     }));
     result.hidden = false;
-    const row = [name, fmt(d.hc_mm), fmt(d.bpd_mm), fmt(d.ofd_mm), fmt(h.weeks), fmt(ig.weeks),
+    // The CSV keeps decimal weeks; the table shows weeks+days, as clinicians read them.
+    const row = [name, fmt(d.hc_mm), fmt(d.bpd_mm), fmt(d.ofd_mm), fmt(h.weeks, 2), fmt(ig.weeks, 2),
                  fmt(d.pixel_size_mm, 4), d.pixel_size_source || "", d.qc];
     rows.push(row);
+    const shown = [...row];
+    shown[4] = h.weeks_days || "-";
+    shown[5] = ig.weeks_days || "-";
     const tr = document.createElement("tr");
-    row.forEach((v) => { const td = document.createElement("td"); td.textContent = v; tr.appendChild(td); });
+    shown.forEach((v) => { const td = document.createElement("td"); td.textContent = v; tr.appendChild(td); });
     tbody.appendChild(tr);
     csvButton.disabled = false;
   }

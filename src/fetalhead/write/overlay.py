@@ -84,7 +84,7 @@ def draw_overlay(
         ga = m.ga_hadlock
         if ga is not None:
             flag = "" if ga.in_range else " (out of range)"
-            lines.append(f"GA {ga.weeks:.1f} wk (Hadlock){flag}")
+            lines.append(f"GA {ga.weeks_days} (Hadlock){flag}")
     lines.append(f"qc: {m.qc}")
     y = 22 * scale
     for text in lines:
