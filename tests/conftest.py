@@ -21,6 +21,8 @@ MINI = DATA / "hc18_mini"
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 TINY = ModelConfig(start_filters=2, dropout=0.0, input_hw=(64, 96))
+#: A fine network input for tests whose backend segments the image itself.
+FINE_CONFIG = ModelConfig(start_filters=2, dropout=0.0, input_hw=(192, 288))
 
 
 @pytest.fixture

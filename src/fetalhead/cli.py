@@ -125,6 +125,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlays", action="store_true", help="write DIR/overlays/*.png")
     _add_tta(p)
     p.add_argument("--submission", metavar="CSV", help="also write an HC18 submission CSV")
+    p.add_argument(
+        "--interval-level",
+        type=float,
+        default=0.9,
+        choices=[0.8, 0.9, 0.95],
+        help="coverage of the calibrated HC interval (hc_low_mm, hc_high_mm; default 0.9)",
+    )
     again = p.add_mutually_exclusive_group()
     again.add_argument(
         "--resume", action="store_true", help="skip files whose every frame is in predictions.csv"
@@ -238,6 +245,7 @@ def _measurer(args: argparse.Namespace):
         postprocess=args.postprocess,
         threads=getattr(args, "threads", None),
         compile=getattr(args, "compile", False),
+        interval_level=getattr(args, "interval_level", 0.9),
     )
 
 

@@ -31,6 +31,8 @@ class Measurement:
         pixel_size_mm: Pixel size used, or ``None``.
         pixel_size_source: ``cli``, ``csv``, ``dicom-region`` or ``dicom-pixel-spacing``.
         confidence: Mean head probability inside the predicted head.
+        hc_rel_halfwidth: Half-width of the calibrated HC interval relative to HC
+            (:mod:`fetalhead.uncertainty`), if the weights carry a calibration.
         head_probability: How likely the found region is a foetal head in ultrasound
             (:mod:`fetalhead.plausibility`); below the model's threshold it is
             dropped and qc is ``no_head_found``.
@@ -49,6 +51,7 @@ class Measurement:
     pixel_size_source: str | None = None
     confidence: float | None = None
     head_probability: float | None = None
+    hc_rel_halfwidth: float | None = None
     contour: NDArray[np.float64] | None = field(default=None, repr=False)
     error: str | None = None
     _prob: NDArray[np.float32] | None = field(default=None, repr=False)
@@ -102,6 +105,26 @@ class Measurement:
     def hc_mm(self) -> float | None:
         """Head circumference (Ramanujan perimeter of the ellipse) in mm."""
         return self._mm(self.ellipse.perimeter) if self.ellipse else None
+
+    @property
+    def hc_low_mm(self) -> float | None:
+        """Lower end of the calibrated HC interval, in mm."""
+        hc = self.hc_mm
+        return (
+            None
+            if hc is None or self.hc_rel_halfwidth is None
+            else hc * (1 - self.hc_rel_halfwidth)
+        )
+
+    @property
+    def hc_high_mm(self) -> float | None:
+        """Upper end of the calibrated HC interval, in mm."""
+        hc = self.hc_mm
+        return (
+            None
+            if hc is None or self.hc_rel_halfwidth is None
+            else hc * (1 + self.hc_rel_halfwidth)
+        )
 
     @property
     def bpd_mm(self) -> float | None:
@@ -164,6 +187,8 @@ class Measurement:
         row.update(
             {
                 "hc_mm": self.hc_mm,
+                "hc_low_mm": self.hc_low_mm,
+                "hc_high_mm": self.hc_high_mm,
                 "bpd_mm": self.bpd_mm,
                 "ofd_mm": self.ofd_mm,
                 "ga_weeks_hadlock": gh.weeks if gh else None,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from fetalhead.geometry.ellipse import _geometric_residuals
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.image import InputError, LoadedImage, to_uint8_gray
 from fetalhead.infer.backends import BackendName, make_backend, preprocess
@@ -31,6 +32,7 @@ from fetalhead.plausibility import HeadRejector, head_features
 from fetalhead.postprocess import PostprocessName, postprocess
 from fetalhead.readers import read_image
 from fetalhead.spacing import ResolvedSpacing, region_of_head, resolve_pixel_size, square_pixels
+from fetalhead.uncertainty import interval_features, interval_model
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class HeadMeasurer:
         compile: bool = False,
         weights_path: Path | None = None,
         reject_non_heads: bool = True,
+        interval_level: float = 0.9,
     ) -> None:
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -91,7 +94,10 @@ class HeadMeasurer:
             "postprocess": postprocess,
             "compile": compile,
             "reject_non_heads": reject_non_heads,
+            "interval_level": interval_level,
         }
+        #: The calibrated HC interval at ``interval_level``, if the weights carry one.
+        self.interval = interval_model(checkpoint.meta, interval_level)
         #: Decides whether a found head is a foetal head in ultrasound (None: keep all).
         self.rejector: HeadRejector | None = (
             HeadRejector.load() if reject_non_heads and DEFAULT_REJECTOR.exists() else None
@@ -173,6 +179,11 @@ class HeadMeasurer:
             if head_p < self.rejector.threshold:
                 # Not a foetal head in ultrasound: no ellipse, no measures.
                 e, contour, reasons = None, None, ["no_head_found"]
+        half = None
+        if e is not None and contour is not None and conf is not None and self.interval:
+            rms = float(np.sqrt(np.mean(_geometric_residuals(e, contour) ** 2)))
+            features = interval_features(e, rms, conf, "touches_border" in reasons)
+            half = self.interval.scale(features)
         if px is None:
             reasons.append("no_pixel_size")
         return Measurement(
@@ -183,6 +194,7 @@ class HeadMeasurer:
             pixel_size_mm=px,
             confidence=conf,
             head_probability=head_p,
+            hc_rel_halfwidth=half,
             contour=contour,
             _prob=prob,
             _letterbox=lb,

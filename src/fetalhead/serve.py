@@ -128,7 +128,7 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-def _result_json(m: Measurement, rid: str, model_version: str) -> dict[str, Any]:
+def _result_json(m: Measurement, rid: str, model_version: str, level: float) -> dict[str, Any]:
     row = m.to_row()
     gh, gi = m.ga_hadlock, m.ga_intergrowth
     return {
@@ -140,6 +140,8 @@ def _result_json(m: Measurement, rid: str, model_version: str) -> dict[str, Any]
             for k in ("center_x_mm", "center_y_mm", "semi_axes_a_mm", "semi_axes_b_mm", "angle_rad")
         },
         "hc_mm": m.hc_mm,
+        "hc_interval_mm": [m.hc_low_mm, m.hc_high_mm] if m.hc_low_mm is not None else None,
+        "hc_interval_level": level,
         "bpd_mm": m.bpd_mm,
         "ofd_mm": m.ofd_mm,
         "ga": {
@@ -210,7 +212,8 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
                 "upload: no pixel size; give pixel_size_mm (the image carries no calibration)"
             ) from None
         m = measurer.measure_frames([frame], [spacing], ["upload"])[0]
-        return _result_json(m, "", model_version), encode_png(draw_overlay(frame.pixels, m))
+        level = measurer.settings.get("interval_level", 0.9)
+        return _result_json(m, "", model_version, level), encode_png(draw_overlay(frame.pixels, m))
 
     @app.post("/api/v1/measure")
     async def measure(

@@ -63,7 +63,8 @@
     const h = d.ga.hadlock_1984 || {}, ig = d.ga.intergrowth_21st || {};
     const flag = (g) => (g.weeks === undefined ? "" : g.in_range ? "" : " (outside validity range)");
     const items = [
-      ["HC", `${fmt(d.hc_mm)} mm`], ["BPD", `${fmt(d.bpd_mm)} mm`], ["OFD", `${fmt(d.ofd_mm)} mm`],
+      ["HC", `${fmt(d.hc_mm)} mm`],
+      ["HC interval", d.hc_interval_mm ? `${fmt(d.hc_interval_mm[0])} to ${fmt(d.hc_interval_mm[1])} mm (calibrated, ${Math.round(100 * d.hc_interval_level)} %)` : "not calibrated"], ["BPD", `${fmt(d.bpd_mm)} mm`], ["OFD", `${fmt(d.ofd_mm)} mm`],
       ["GA (Hadlock 1984)", `${h.weeks_days || "-"}${flag(h)}`],
       ["GA (INTERGROWTH-21st)", `${ig.weeks_days || "-"}${flag(ig)}`],
       ["Pixel size", `${fmt(d.pixel_size_mm, 4)} mm (${d.pixel_size_source})`],

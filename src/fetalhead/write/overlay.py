@@ -80,7 +80,10 @@ def draw_overlay(
             )
     lines = [m.filename if m.frame is None else f"{m.filename} [frame {m.frame}]"]
     if m.hc_mm is not None:
-        lines.append(f"HC {m.hc_mm:.1f} mm  BPD {m.bpd_mm:.1f}  OFD {m.ofd_mm:.1f}")
+        hc = f"HC {m.hc_mm:.1f} mm"
+        if m.hc_low_mm is not None and m.hc_high_mm is not None:
+            hc += f" ({m.hc_low_mm:.0f}-{m.hc_high_mm:.0f})"
+        lines.append(f"{hc}  BPD {m.bpd_mm:.1f}  OFD {m.ofd_mm:.1f}")
         ga = m.ga_hadlock
         if ga is not None:
             flag = "" if ga.in_range else " (out of range)"

@@ -1,0 +1,254 @@
+"""Cross-validated accuracy, TTA, HC intervals and the qc trade-off from held-out maps.
+
+Reads the held-out probability maps that ``scripts/cross_validate.py`` saved for
+each fold (every HC18 image is held out exactly once), post-processes them as
+``fetalhead predict`` does, and reports, side by side on the same images:
+
+1. HC18 metrics (DSC, HD, ADF, DF) without and with flip TTA: means with 95 %
+   bootstrap intervals (resampling scan prefixes), per trimester, and the paired
+   TTA - plain ADF difference.
+2. Split-conformal HC intervals, evaluated across folds: the interval for fold k
+   is calibrated on the other folds only. Coverage and median width by trimester.
+3. The qc trade-off: the share of images flagged against the share of large
+   errors (|HC error| > 5 mm) caught, for a flag on the calibrated uncertainty.
+
+Usage::
+
+    python benchmarks/cv_report.py ../shared/data/hc18/training_set --runs runs/cv5 \
+        --out benchmarks/results/cv5
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fetalhead.data import find_cases, label_ellipse
+from fetalhead.evaluate import ellipse_dice, hausdorff_ellipses
+from fetalhead.geometry.ellipse import _geometric_residuals
+from fetalhead.geometry.letterbox import Letterbox
+from fetalhead.gestation import hadlock_1984, trimester
+from fetalhead.postprocess import postprocess
+from fetalhead.readers import read_gray
+from fetalhead.uncertainty import fit_interval, interval_features
+
+TRIMESTERS = ("first", "second", "third")
+LARGE_ERROR_MM = 5.0
+
+
+def per_image(data: str, runs: Path) -> list[dict]:
+    cases = {c.image.name: c for c in find_cases(data)}
+    rows = []
+    for fold_dir in sorted(runs.glob("fold*")):
+        maps = fold_dir / "heldout_maps.npz"
+        if not maps.exists():
+            continue
+        z = np.load(maps)
+        fold = int(fold_dir.name.removeprefix("fold"))
+        for name, plain, flipped in zip(z["names"], z["plain"], z["flipped"], strict=True):
+            case = cases[str(name)]
+            img = read_gray(case.image)
+            h, w = img.shape
+            lb = Letterbox(h, w, *plain.shape, True)
+            ref = label_ellipse(case)
+            px = case.pixel_size_mm
+            row = {
+                "filename": case.image.name,
+                "prefix": case.prefix,
+                "fold": fold,
+                "hc_ref_mm": case.hc_mm,
+                "trimester": trimester(hadlock_1984(case.hc_mm).weeks),
+            }
+            fits = {}
+            for variant, prob in (
+                ("plain", plain.astype(np.float32)),
+                ("flip", flipped.astype(np.float32)),
+                ("tta", 0.5 * (plain.astype(np.float32) + flipped.astype(np.float32))),
+            ):
+                e, contour, conf, reasons = postprocess(prob, lb, "full")
+                fits[variant] = (e, contour, conf, reasons)
+                if variant == "flip":
+                    row["hc_flip_mm"] = e.perimeter * px if e else math.nan
+                    continue
+                if e is None:
+                    row |= {f"{variant}_{k}": math.nan for k in ("hc_mm", "df_mm", "dsc", "hd_mm")}
+                    row[f"{variant}_qc"] = "no_head_found"
+                    continue
+                hc = e.perimeter * px
+                row |= {
+                    f"{variant}_hc_mm": hc,
+                    f"{variant}_df_mm": hc - case.hc_mm,
+                    f"{variant}_dsc": ellipse_dice(e, ref, (h, w)),
+                    f"{variant}_hd_mm": hausdorff_ellipses(e, ref) * px,
+                    f"{variant}_qc": ";".join(reasons) or "ok",
+                }
+            e, contour, conf, reasons = fits["plain"]
+            if e is not None and contour is not None and conf is not None:
+                rms = float(np.sqrt(np.mean(_geometric_residuals(e, contour) ** 2)))
+                row |= interval_features(e, rms, conf, "touches_border" in reasons)
+            rows.append(row)
+    return rows
+
+
+def cluster_bootstrap(values: np.ndarray, groups: np.ndarray, n: int = 2000, seed: int = 0):
+    """Mean and 95 % interval, resampling groups (scan prefixes) with replacement."""
+    ok = np.isfinite(values)
+    values, groups = values[ok], groups[ok]
+    uniq = np.unique(groups)
+    index = {g: np.flatnonzero(groups == g) for g in uniq}
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n):
+        pick = rng.choice(uniq, size=len(uniq), replace=True)
+        means.append(values[np.concatenate([index[g] for g in pick])].mean())
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(values.mean()), float(lo), float(hi)
+
+
+def fmt(m: tuple[float, float, float], scale: float = 1.0, sign: bool = False) -> str:
+    s = "+" if sign else ""
+    return f"{m[0] * scale:{s}.2f} ({m[1] * scale:{s}.2f} to {m[2] * scale:{s}.2f})"
+
+
+def accuracy_tables(rows: list[dict]) -> tuple[str, dict]:
+    g = np.array([r["prefix"] for r in rows])
+    tri = np.array([r["trimester"] for r in rows])
+    out = {}
+    lines = [
+        "| variant | n | DSC % | HD mm | ADF mm | DF mm |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in ("plain", "tta"):
+        col = {k: np.array([r[f"{v}_{k}"] for r in rows], float) for k in ("dsc", "hd_mm", "df_mm")}
+        adf = np.abs(col["df_mm"])
+        res = {
+            "dsc": cluster_bootstrap(col["dsc"], g),
+            "hd_mm": cluster_bootstrap(col["hd_mm"], g),
+            "adf_mm": cluster_bootstrap(adf, g),
+            "df_mm": cluster_bootstrap(col["df_mm"], g),
+            "by_trimester": {
+                t: {
+                    "n": int((tri == t).sum()),
+                    "adf_mm": cluster_bootstrap(adf[tri == t], g[tri == t]),
+                    "df_mm": cluster_bootstrap(col["df_mm"][tri == t], g[tri == t]),
+                }
+                for t in TRIMESTERS
+            },
+        }
+        out[v] = res
+        lines.append(
+            f"| {v} | {np.isfinite(adf).sum()} | {fmt(res['dsc'], 100)} | {fmt(res['hd_mm'])} | "
+            f"{fmt(res['adf_mm'])} | {fmt(res['df_mm'], sign=True)} |"
+        )
+    lines += ["", "| variant | trimester | n | ADF mm | DF mm |", "|---|---|---|---|---|"]
+    for v in ("plain", "tta"):
+        for t in TRIMESTERS:
+            b = out[v]["by_trimester"][t]
+            lines.append(
+                f"| {v} | {t} | {b['n']} | {fmt(b['adf_mm'])} | {fmt(b['df_mm'], sign=True)} |"
+            )
+    d = np.abs(np.array([r["tta_df_mm"] for r in rows], float)) - np.abs(
+        np.array([r["plain_df_mm"] for r in rows], float)
+    )
+    out["tta_minus_plain_adf_mm"] = cluster_bootstrap(d, g)
+    lines += [
+        "",
+        f"Paired ADF difference, TTA - plain: {fmt(out['tta_minus_plain_adf_mm'], sign=True)} mm",
+    ]
+    return "\n".join(lines), out
+
+
+def conformal_tables(rows: list[dict], level: float) -> tuple[str, dict]:
+    ok = [r for r in rows if math.isfinite(r.get("plain_hc_mm", math.nan)) and "rel_rms" in r]
+    folds = sorted({r["fold"] for r in ok})
+    covered, width, tri, score_all, big = [], [], [], [], []
+    for k in folds:
+        cal = [r for r in ok if r["fold"] != k]
+        test = [r for r in ok if r["fold"] == k]
+        model = fit_interval(cal, level)
+        for r in test:
+            lo, hi = model.interval(r["plain_hc_mm"], r)
+            covered.append(lo <= r["hc_ref_mm"] <= hi)
+            width.append(hi - lo)
+            tri.append(r["trimester"])
+            score_all.append(model.scale(r) * r["plain_hc_mm"])
+            big.append(abs(r["plain_df_mm"]) > LARGE_ERROR_MM)
+    covered, width, tri = np.array(covered), np.array(width), np.array(tri)
+    lines = [
+        f"Nominal level {level:.0%}; each fold's intervals calibrated on the other folds.",
+        "",
+        "| trimester | n | coverage | median width mm | 90th pct width mm |",
+        "|---|---|---|---|---|",
+    ]
+    res = {}
+    for t in (*TRIMESTERS, "all"):
+        sel = np.ones_like(covered) if t == "all" else tri == t
+        if sel.sum() == 0:
+            continue
+        res[t] = {
+            "n": int(sel.sum()),
+            "coverage": float(covered[sel].mean()),
+            "median_width_mm": float(np.median(width[sel])),
+            "p90_width_mm": float(np.percentile(width[sel], 90)),
+        }
+        lines.append(
+            f"| {t} | {res[t]['n']} | {res[t]['coverage']:.1%} | "
+            f"{res[t]['median_width_mm']:.2f} | {res[t]['p90_width_mm']:.2f} |"
+        )
+    # qc trade-off: flag the images whose calibrated uncertainty (in mm) is largest.
+    s, b = np.array(score_all), np.array(big)
+    lines += [
+        "",
+        f"qc trade-off (flag the largest predicted uncertainties; large error = |HC error| > "
+        f"{LARGE_ERROR_MM:g} mm, {b.sum()} of {len(b)} images):",
+        "",
+        "| flagged | large errors caught |",
+        "|---|---|",
+    ]
+    curve = []
+    for share in (0.02, 0.05, 0.10, 0.15, 0.20, 0.30):
+        cut = np.quantile(s, 1 - share)
+        flagged = s >= cut
+        caught = float((flagged & b).sum() / max(b.sum(), 1))
+        curve.append({"flagged": float(flagged.mean()), "caught": caught})
+        lines.append(f"| {flagged.mean():.1%} | {caught:.1%} |")
+    res["qc_tradeoff"] = curve
+    return "\n".join(lines), res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--runs", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--level", type=float, default=0.9)
+    args = ap.parse_args()
+    rows = per_image(args.data, args.runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "per_image.csv", "w", newline="") as fh:
+        keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    acc_md, acc = accuracy_tables(rows)
+    conf_md, conf = conformal_tables(rows, args.level)
+    folds = sorted({r["fold"] for r in rows})
+    text = (
+        f"# Cross-validation report ({len(rows)} held-out images, folds {folds})\n\n"
+        f"## Accuracy (mean, 95 % bootstrap interval over scan prefixes)\n\n{acc_md}\n\n"
+        f"## HC intervals and qc\n\n{conf_md}\n"
+    )
+    (args.out / "report.md").write_text(text)
+    (args.out / "report.json").write_text(
+        json.dumps({"accuracy": acc, "intervals": conf}, indent=2)
+    )
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
