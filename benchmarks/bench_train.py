@@ -3,7 +3,8 @@
 Usage: .venv/bin/python benchmarks/bench_train.py [--steps 6] [--batch 8] [--size 192x288]
 
 Times forward + backward + AdamW steps of the default Res-U-Net on random
-inputs (the data pipeline is cached in memory during real training, so the
+inputs, in float32 and under bfloat16 autocast (``fetalhead train``'s default on
+CPUs with native bfloat16) (the data pipeline is cached in memory during real training, so the
 network dominates).
 """
 
@@ -19,7 +20,9 @@ from fetalhead.model import ModelConfig, ResUNet
 from fetalhead.training.losses import compute_loss
 
 
-def bench(channels_last: bool, steps: int, batch: int, hw: tuple[int, int]) -> float:
+def bench(
+    channels_last: bool, steps: int, batch: int, hw: tuple[int, int], bf16: bool = False
+) -> float:
     torch.manual_seed(0)
     model = ResUNet(ModelConfig(input_hw=hw)).train()
     x = torch.rand(batch, 1, *hw)
@@ -30,7 +33,10 @@ def bench(channels_last: bool, steps: int, batch: int, hw: tuple[int, int]) -> f
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step() -> None:
-        loss = compute_loss(model(x), y, "dice_bce")
+        # As fetalhead.training does: autocast the network, the loss in float32.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = compute_loss(logits.float(), y, "dice_bce")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -59,6 +65,11 @@ def main() -> None:
         (
             "eager fp32 NCHW at 224x224 (reference size)",
             bench(False, args.steps, args.batch, (224, 224)),
+        ),
+        ("bf16 autocast NCHW", bench(False, args.steps, args.batch, (h, w), bf16=True)),
+        (
+            "bf16 autocast channels_last (training default)",
+            bench(True, args.steps, args.batch, (h, w), bf16=True),
         ),
     ]
     base = rows[0][1]
