@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.gestation import hadlock_1984
 from fetalhead.model import Checkpoint, ResUNet
 from fetalhead.predict import HeadMeasurer
 from fetalhead.uncertainty import IntervalModel, fit_interval, interval_features, interval_model
@@ -91,6 +92,9 @@ def test_measurement_carries_its_interval(tmp_path) -> None:
     assert r.hc_high_mm == pytest.approx(r.hc_mm * 1.04)
     row = r.to_row()
     assert row["hc_low_mm"] < row["hc_mm"] < row["hc_high_mm"]
+    # GA at the interval's ends: Hadlock's formula rises with HC.
+    assert row["ga_weeks_hadlock_low"] < row["ga_weeks_hadlock"] < row["ga_weeks_hadlock_high"]
+    assert row["ga_weeks_hadlock_low"] == hadlock_1984(row["hc_low_mm"]).weeks
 
 
 def test_interval_features() -> None:

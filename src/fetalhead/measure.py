@@ -184,6 +184,14 @@ class Measurement:
         )
         row.update(hc18)
         gh, gi = self.ga_hadlock, self.ga_intergrowth
+        lo, hi = self.hc_low_mm, self.hc_high_mm
+        # GA at the ends of the HC interval: both formulas rise with HC. This is the
+        # measurement's uncertainty only, not the population spread of GA at a given HC.
+        ga_range = {
+            f"ga_weeks_{name}_{end}": fn(hc).weeks if hc is not None else None
+            for name, fn in (("hadlock", hadlock_1984), ("intergrowth", intergrowth_21st))
+            for end, hc in (("low", lo), ("high", hi))
+        }
         row.update(
             {
                 "hc_mm": self.hc_mm,
@@ -195,6 +203,7 @@ class Measurement:
                 "ga_hadlock_in_range": gh.in_range if gh else None,
                 "ga_weeks_intergrowth": gi.weeks if gi else None,
                 "ga_intergrowth_in_range": gi.in_range if gi else None,
+                **ga_range,
                 "pixel_size_mm": self.pixel_size_mm,
                 "pixel_size_source": self.pixel_size_source,
                 "confidence": self.confidence,

@@ -148,12 +148,17 @@ def _result_json(m: Measurement, rid: str, model_version: str, level: float) -> 
             g.formula: {
                 "weeks": g.weeks,
                 "weeks_days": g.weeks_days,
+                # GA at the ends of the HC interval (measurement uncertainty only).
+                "weeks_interval": [row[f"ga_weeks_{key}_low"], row[f"ga_weeks_{key}_high"]]
+                if row[f"ga_weeks_{key}_low"] is not None
+                else None,
                 "in_range": g.in_range,
                 "valid_range_weeks": g.valid_range_weeks,
             }
-            for g in (gh, gi)
+            for g, key in ((gh, "hadlock"), (gi, "intergrowth"))
             if g is not None
         },
+        "head_probability": m.head_probability,
         "pixel_size_mm": m.pixel_size_mm,
         "pixel_size_source": m.pixel_size_source,
         "confidence": m.confidence,
