@@ -38,6 +38,13 @@ from fetalhead.readers import read_gray
 from fetalhead.uncertainty import fit_interval, interval_features
 
 TRIMESTERS = ("first", "second", "third")
+#: Post-processing variants compared with the default (level 0.5, |grad p|^2 weights).
+VARIANTS = {
+    "unweighted": {"weight_power": 0.0},
+    "grad4": {"weight_power": 4.0},
+    "level0.4": {"level": 0.4},
+    "level0.6": {"level": 0.6},
+}
 LARGE_ERROR_MM = 5.0
 
 
@@ -87,6 +94,10 @@ def per_image(data: str, runs: Path) -> list[dict]:
                     f"{variant}_hd_mm": hausdorff_ellipses(e, ref) * px,
                     f"{variant}_qc": ";".join(reasons) or "ok",
                 }
+            # Post-processing variants on the plain map, paired with the default.
+            for variant, kw in VARIANTS.items():
+                ev, _, _, _ = postprocess(plain.astype(np.float32), lb, "full", **kw)
+                row[f"{variant}_df_mm"] = ev.perimeter * px - case.hc_mm if ev else math.nan
             e, contour, conf, reasons = fits["plain"]
             if e is not None and contour is not None and conf is not None:
                 rms = float(np.sqrt(np.mean(_geometric_residuals(e, contour) ** 2)))

@@ -42,6 +42,9 @@ def postprocess(
     prob: NDArray[np.float32],
     lb: Letterbox,
     method: PostprocessName = "full",
+    *,
+    level: float = 0.5,
+    weight_power: float = 2.0,
 ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
     """Turn a network probability map into an ellipse in original pixels.
 
@@ -59,6 +62,11 @@ def postprocess(
     map (bfloat16 inference) move HC only a little, and both paths fit nearly
     the same curve (HC within 0.1 mm on the validation split).
 
+    ``level`` (the iso-probability of the boundary) and ``weight_power`` (the
+    exponent of |grad p| in the weights; 0 weighs points by boundary length only)
+    are there for cross-validated comparisons (``benchmarks/cv_report.py``); the
+    defaults are what ``predict`` uses.
+
     Returns:
         ``(ellipse, contour, confidence, qc_reasons)``.
 
@@ -70,7 +78,7 @@ def postprocess(
         region_map = cv2.resize(region, (lb.in_w, lb.in_h), interpolation=cv2.INTER_LINEAR)
     else:
         region_map = region
-    found = find_head_contour(region_map)
+    found = find_head_contour(region_map, level)
     map_h, map_w = region_map.shape
     # One original pixel in map pixels: the lowres path measures distances to the
     # border and probability gradients in original pixels, as the full path does.
@@ -84,7 +92,8 @@ def postprocess(
     # that the fit approximates an integral along the curve, whatever the sampling.
     orig = lb.to_original(pts + np.array(lb.pad)) if method == "lowres" else pts
     seg = np.linalg.norm(np.diff(orig, axis=0, append=orig[:1]), axis=1)
-    weights = boundary_sharpness(region_map, pts, step=orig_px) ** 2 * 0.5 * (seg + np.roll(seg, 1))
+    sharp = boundary_sharpness(region_map, pts, step=orig_px)
+    weights = sharp**weight_power * 0.5 * (seg + np.roll(seg, 1))
     tol = (BORDER_TOL_PX * orig_px[0], BORDER_TOL_PX * orig_px[1])
     on_border = _near_border(pts, map_h, map_w, tol)
     pts = orig
