@@ -13,6 +13,7 @@ finished, and ``--resume`` skips them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -176,6 +177,7 @@ class BatchOptions:
     save_masks: bool = False
     overlays: bool = False
     submission: Path | None = None
+    sr_dir: Path | None = None
     resume: bool = False
     overwrite: bool = False
     batch_size: int = 8
@@ -474,6 +476,10 @@ def _measure_stream(
             if opts.save_masks and m.mask is not None:
                 atomic_write_bytes(out / "masks" / f"{stem}_mask.png", encode_png(m.mask * 255))
         state = files[m.filename]
+        if opts.sr_dir is not None and loaded is not None:
+            note = _write_sr(m, loaded, measurer, opts.sr_dir / f"{stem}_sr.dcm")
+            if note:
+                state.event.logs.append((logging.WARNING, note))
         if m.error:
             state.event.logs.append((logging.ERROR, m.error))
         elif m.qc != "ok":
@@ -524,6 +530,32 @@ def _measure_stream(
                 yield from flush()
         yield from finished()
     yield from flush()
+
+
+def _write_sr(
+    m: Measurement, loaded: LoadedImage, measurer: HeadMeasurer, path: Path
+) -> str | None:
+    """Write a measured frame's DICOM SR; return why none was written, if so."""
+    from fetalhead.write.sr import build_sr
+
+    if loaded.header is None:
+        return (
+            f"{m.filename}: not a DICOM file, so no SR: a report needs the source's patient, "
+            "study and instance identity, which fetalhead never makes up"
+        )
+    try:
+        sr = build_sr(
+            loaded.header,  # type: ignore[arg-type]
+            m,
+            weights_sha256=measurer.weights_sha256,
+            interval_level=measurer.settings.get("interval_level"),
+        )
+    except InputError as exc:
+        return str(exc)
+    buf = io.BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return None
 
 
 _worker_measurer: HeadMeasurer | None = None

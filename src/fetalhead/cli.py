@@ -126,6 +126,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     _add_tta(p)
     p.add_argument("--submission", metavar="CSV", help="also write an HC18 submission CSV")
     p.add_argument(
+        "--sr",
+        metavar="DIR",
+        help="write a DICOM SR (OB-GYN Ultrasound Procedure Report, TID 5000) per measured "
+        "DICOM frame into DIR",
+    )
+    p.add_argument(
         "--interval-level",
         type=float,
         default=0.9,
@@ -275,6 +281,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         save_masks=args.save_masks,
         overlays=args.overlays,
         submission=Path(args.submission) if args.submission else None,
+        sr_dir=Path(args.sr) if args.sr else None,
         resume=args.resume,
         overwrite=args.overwrite,
         batch_size=args.batch_size,

@@ -8,7 +8,7 @@ that is ``(dy, dx)`` in millimetres, as nnU-Net's readers do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -67,6 +67,8 @@ class LoadedImage:
         regions: Calibrated ultrasound regions of the file (DICOM (0018,6011)).
         frame: Frame index for multi-frame files, else ``None``.
         n_frames: Number of frames the file holds.
+        header: The DICOM header without pixel data (a ``pydicom.Dataset``), for
+            writing results back as DICOM; ``None`` for other formats.
 
     """
 
@@ -75,6 +77,7 @@ class LoadedImage:
     regions: tuple[CalibratedRegion, ...] = ()
     frame: int | None = None
     n_frames: int = 1
+    header: object | None = field(default=None, repr=False, compare=False)
 
 
 def to_uint8_gray(arr: NDArray, *, name: str = "image") -> NDArray[np.uint8]:

@@ -9,6 +9,7 @@ loop stays responsive and memory stays bounded.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import secrets
@@ -34,6 +35,7 @@ from fetalhead.readers import read_image_bytes
 from fetalhead.readers.dicom import looks_like_dicom
 from fetalhead.readers.tables import validate_pixel_size
 from fetalhead.spacing import resolve_pixel_size
+from fetalhead.write.sr import build_sr
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +181,7 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         "Research use only, not a medical device.",
     )
     overlays: OrderedDict[str, bytes] = OrderedDict()
+    reports: OrderedDict[str, bytes] = OrderedDict()
     lock = threading.Lock()
     # Worker threads cannot be stopped, so a slot is freed when the work ends,
     # not when its request gives up: max_concurrent is a real bound.
@@ -208,7 +211,7 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
     async def model() -> dict[str, Any]:
         return {**model_info, "model_version": model_version, "card": _card_summary(measurer)}
 
-    def work(data: bytes, px: float | None) -> tuple[dict[str, Any], bytes]:
+    def work(data: bytes, px: float | None) -> tuple[dict[str, Any], bytes, bytes | None]:
         frame = read_image_bytes(data, "upload")[0]
         try:
             spacing = resolve_pixel_size("upload", frame, cli_mm=px)
@@ -218,7 +221,18 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
             ) from None
         m = measurer.measure_frames([frame], [spacing], ["upload"])[0]
         level = measurer.settings.get("interval_level", 0.9)
-        return _result_json(m, "", model_version, level), encode_png(draw_overlay(frame.pixels, m))
+        sr = None
+        if frame.header is not None and m.ellipse is not None:
+            buf = io.BytesIO()
+            build_sr(
+                frame.header,  # type: ignore[arg-type]
+                m,
+                weights_sha256=measurer.weights_sha256,
+                interval_level=level if measurer.interval else None,
+            ).save_as(buf, enforce_file_format=True)
+            sr = buf.getvalue()
+        png = encode_png(draw_overlay(frame.pixels, m))
+        return _result_json(m, "", model_version, level), png, sr
 
     @app.post("/api/v1/measure")
     async def measure(
@@ -248,7 +262,7 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         job = loop.run_in_executor(executor, work, data, px)
         job.add_done_callback(_release_when_done(slots))
         try:
-            result, png = await asyncio.wait_for(
+            result, png, sr = await asyncio.wait_for(
                 asyncio.shield(job), timeout=max(0.0, deadline - loop.time())
             )
         except InputError as exc:
@@ -258,8 +272,13 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         rid = uuid.uuid4().hex
         result["id"] = rid
         result["overlay_url"] = f"/api/v1/measure/{rid}/overlay.png"
+        result["sr_url"] = f"/api/v1/measure/{rid}/sr.dcm" if sr is not None else None
         with lock:
             overlays[rid] = png
+            if sr is not None:
+                reports[rid] = sr
+            while len(reports) > settings.max_results:
+                reports.popitem(last=False)
             while len(overlays) > settings.max_results:
                 overlays.popitem(last=False)
         return result
@@ -271,6 +290,19 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         if png is None:
             raise HTTPException(404, "no such measurement (results are kept in memory for a while)")
         return Response(png, media_type="image/png")
+
+    @app.get("/api/v1/measure/{rid}/sr.dcm")
+    async def report(rid: str) -> Response:
+        with lock:
+            sr = reports.get(rid)
+        if sr is None:
+            raise HTTPException(
+                404,
+                "no SR for this measurement: SRs are made for DICOM uploads with a measured "
+                "head (a PNG or JPEG has no patient or study to report on), and kept in "
+                "memory for a while",
+            )
+        return Response(sr, media_type="application/dicom")
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

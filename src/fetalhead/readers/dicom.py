@@ -129,6 +129,11 @@ class DicomReader:
         regions = tuple(calibrated_regions(ds))
         spacing = pixel_spacing(ds, name)
         n = len(frames)
+        header = ds.copy()
+        for key in ("PixelData", "FloatPixelData"):
+            if key in header:
+                del header[key]
         return [
-            LoadedImage(f, spacing, regions, i if n > 1 else None, n) for i, f in enumerate(frames)
+            LoadedImage(f, spacing, regions, i if n > 1 else None, n, header)
+            for i, f in enumerate(frames)
         ]
