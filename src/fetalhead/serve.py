@@ -223,14 +223,19 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         level = measurer.settings.get("interval_level", 0.9)
         sr = None
         if frame.header is not None and m.ellipse is not None:
-            buf = io.BytesIO()
-            build_sr(
-                frame.header,  # type: ignore[arg-type]
-                m,
-                weights_sha256=measurer.weights_sha256,
-                interval_level=level if measurer.interval else None,
-            ).save_as(buf, enforce_file_format=True)
-            sr = buf.getvalue()
+            try:
+                report = build_sr(
+                    frame.header,  # type: ignore[arg-type]
+                    m,
+                    weights_sha256=measurer.weights_sha256,
+                    interval_level=level if measurer.interval else None,
+                )
+            except InputError as exc:  # e.g. a source without study identity
+                logger.info("no SR: %s", exc)
+            else:
+                buf = io.BytesIO()
+                report.save_as(buf, enforce_file_format=True)
+                sr = buf.getvalue()
         png = encode_png(draw_overlay(frame.pixels, m))
         return _result_json(m, "", model_version, level), png, sr
 
