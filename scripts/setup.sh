@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install fetalhead with the tested versions.
-# Usage: bash scripts/setup.sh [EXTRAS]   (default extras: onnx,serve,dicom,test)
+# Usage: bash scripts/setup.sh [EXTRAS]   (default extras: onnx,serve,dicom,node,test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-onnx,serve,dicom,test}"
+extras="${1:-onnx,serve,dicom,node,test}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -127,9 +127,14 @@ def test_dciodvfy_reports_no_errors(report) -> None:
     assert "Error" not in text, text
 
 
-def test_no_head_means_no_report(tmp_path) -> None:
+def test_no_head_is_reported_without_numbers(tmp_path) -> None:
     src = pydicom.dcmread(us_dicom(tmp_path / "us.dcm"))
-    with pytest.raises(InputError, match="no head measured"):
+    sr = build_sr(src, Measurement("us.dcm", qc="no_head_found"))
+    assert not find(sr.ContentSequence, "LN", "11984-2")
+    (comment,) = find(sr.ContentSequence, "DCM", "121106")
+    assert "no foetal head" in comment.TextValue and "no_head_found" in comment.TextValue
+    del src.StudyInstanceUID
+    with pytest.raises(InputError, match="no StudyInstanceUID"):
         build_sr(src, Measurement("us.dcm", qc="no_head_found"))
 
 

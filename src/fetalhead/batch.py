@@ -535,7 +535,7 @@ def _measure_stream(
 def _write_sr(
     m: Measurement, loaded: LoadedImage, measurer: HeadMeasurer, path: Path
 ) -> str | None:
-    """Write a measured frame's DICOM SR; return why none was written, if so."""
+    """Write a frame's DICOM SR (also when no head was found); return why none was written."""
     from fetalhead.write.sr import build_sr
 
     if loaded.header is None:

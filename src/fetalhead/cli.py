@@ -353,6 +353,57 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_node(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "node",
+        help="DICOM node: receive ultrasound images (C-STORE), measure, send SRs on",
+        description="A C-STORE SCP with C-ECHO. Received images are spooled before they are "
+        "acknowledged, measured, and each measured frame's SR (TID 5000) is sent by C-STORE "
+        "or STOW-RS, retried with back-off while the destination is down.",
+    )
+    p.add_argument("--ae-title", default="FETALHEAD")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--spool", default="fetalhead-spool", help="spool folder (default %(default)s)")
+    dest = p.add_mutually_exclusive_group()
+    dest.add_argument("--forward", metavar="HOST:PORT:AET", help="send SRs by C-STORE here")
+    dest.add_argument("--stow-url", metavar="URL", help="send SRs by STOW-RS to this DICOMweb base")
+    p.add_argument(
+        "--allow-aet", action="append", default=[], metavar="AET",
+        help="accept only these calling AE titles (repeatable; default: any)",
+    )  # fmt: skip
+    p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from fetalhead.node import DicomNode, NodeConfig
+    from fetalhead.predict import HeadMeasurer
+
+    config = NodeConfig(
+        ae_title=args.ae_title,
+        host=args.host,
+        port=args.port,
+        spool=Path(args.spool),
+        forward=args.forward,
+        stow_url=args.stow_url,
+        allowed_callers=tuple(args.allow_aet),
+    )
+    node = DicomNode(config, HeadMeasurer.from_pretrained(args.weights))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    node.start()
+    try:
+        while not stop.wait(60):
+            node.log_status()
+    except KeyboardInterrupt:
+        pass
+    node.stop()
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export weights to ONNX (dynamic batch, embedded metadata)")
     p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
@@ -405,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_evaluate(sub)
     _add_merge(sub)
+    _add_node(sub)
     _add_train(sub)
     _add_export(sub)
     _add_serve(sub)
@@ -415,6 +467,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "evaluate": _cmd_evaluate,
     "merge": _cmd_merge,
+    "node": _cmd_node,
     "train": _cmd_train,
     "export": _cmd_export,
     "serve": _cmd_serve,

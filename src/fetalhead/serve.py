@@ -222,7 +222,7 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         m = measurer.measure_frames([frame], [spacing], ["upload"])[0]
         level = measurer.settings.get("interval_level", 0.9)
         sr = None
-        if frame.header is not None and m.ellipse is not None:
+        if frame.header is not None:
             try:
                 report = build_sr(
                     frame.header,  # type: ignore[arg-type]
@@ -303,9 +303,8 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         if sr is None:
             raise HTTPException(
                 404,
-                "no SR for this measurement: SRs are made for DICOM uploads with a measured "
-                "head (a PNG or JPEG has no patient or study to report on), and kept in "
-                "memory for a while",
+                "no SR for this measurement: SRs are made for DICOM uploads (a PNG or JPEG "
+                "has no patient or study to report on), and kept in memory for a while",
             )
         return Response(sr, media_type="application/dicom")
 

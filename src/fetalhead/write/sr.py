@@ -172,20 +172,20 @@ def build_sr(
         interval_level: Coverage of ``m``'s HC interval, if it has one.
         now: Content date and time (default: now, UTC).
 
+    A frame where no head was measured still gets a report: its Fetal Biometry
+    section then holds no numbers, only a comment with the reason (qc).
+
     Raises:
-        InputError: If the measurement has no head or no pixel size, or the source
-            lacks the UIDs an SR must reference.
+        InputError: If the source lacks the UIDs an SR must reference.
 
     """
-    if m.ellipse is None or m.hc_mm is None or m.bpd_mm is None or m.ofd_mm is None:
-        raise InputError(f"{m.filename}: no head measured ({m.qc}); no SR written")
     for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
         if not getattr(source, key, None):
             raise InputError(f"{m.filename}: the source has no {key}; an SR cannot reference it")
     now = now or dt.datetime.now(dt.UTC)
     image_shape = (int(getattr(source, "Rows", 0)), int(getattr(source, "Columns", 0)))
     same_grid = m.image_shape is None or tuple(m.image_shape) == image_shape
-    ref = [_ellipse_item(m.ellipse, source, m.frame)] if same_grid else []
+    ref = [_ellipse_item(m.ellipse, source, m.frame)] if same_grid and m.ellipse else []
 
     def group(concept: Code, value: float, extra: Seq[Dataset] = ()) -> Dataset:
         return _container(
@@ -243,15 +243,23 @@ def build_sr(
                 "the source grid.",
             )
         )
-    biometry = _container(
-        "CONTAINS",
-        codes.DCM.FetalBiometry,
-        [
+    if m.hc_mm is None or m.bpd_mm is None or m.ofd_mm is None:
+        reason = m.error or m.qc
+        content = [
+            _text(
+                "CONTAINS",
+                codes.DCM.Comment,
+                f"fetalhead measured no foetal head in this image ({reason}); no biometry "
+                "is reported.",
+            )
+        ]
+    else:
+        content = [
             group(codes.LN.HeadCircumference, m.hc_mm, hc_extra),
             group(codes.LN.BiparietalDiameter, m.bpd_mm),
             group(codes.LN.OccipitalFrontalDiameter, m.ofd_mm),
-        ],
-    )
+        ]
+    biometry = _container("CONTAINS", codes.DCM.FetalBiometry, content)
     root = [*_observer(weights_sha256), biometry]
 
     ds = Dataset()
