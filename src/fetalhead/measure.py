@@ -33,9 +33,10 @@ class Measurement:
         confidence: Mean head probability inside the predicted head.
         hc_rel_halfwidth: Half-width of the calibrated HC interval relative to HC
             (:mod:`fetalhead.uncertainty`), if the weights carry a calibration.
-        head_probability: How likely the found region is a foetal head in ultrasound
-            (:mod:`fetalhead.plausibility`); below the model's threshold it is
-            dropped and qc is ``no_head_found``.
+        head_score: How far inside the envelope of foetal heads in ultrasound the found
+            region lies (:mod:`fetalhead.plausibility`): 1 at the edge of the HC18
+            heads, 0 at the gate; at or below 0 it is dropped and qc is
+            ``no_head_found``.
         contour: Boundary points ``(x, y)`` in original pixels.
         error: Human-readable reason when the image could not be measured.
 
@@ -50,7 +51,7 @@ class Measurement:
     pixel_size_mm: float | None = None
     pixel_size_source: str | None = None
     confidence: float | None = None
-    head_probability: float | None = None
+    head_score: float | None = None
     hc_rel_halfwidth: float | None = None
     contour: NDArray[np.float64] | None = field(default=None, repr=False)
     error: str | None = None
@@ -207,7 +208,7 @@ class Measurement:
                 "pixel_size_mm": self.pixel_size_mm,
                 "pixel_size_source": self.pixel_size_source,
                 "confidence": self.confidence,
-                "head_probability": self.head_probability,
+                "head_score": self.head_score,
                 "qc": self.qc,
                 "error": self.error,
             }

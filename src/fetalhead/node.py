@@ -7,7 +7,8 @@ lost between receiving and delivering:
    before the C-STORE is acknowledged.
 2. A worker measures each spooled object and writes one DICOM SR per frame
    (:func:`fetalhead.write.sr.build_sr`; a frame without a head gets a report
-   that says so) to ``SPOOL/outgoing/``, then a record to ``SPOOL/done/`` and only then removes the incoming file. An SR's
+   that says so) to ``SPOOL/outgoing/``, then a record to ``SPOOL/done/`` and
+   only then removes the incoming file. An SR's
    SOP Instance UID is derived from its source's UID, frame and weights, so
    work redone after a crash yields the same report, never a second one.
 3. A sender delivers ``SPOOL/outgoing/`` by C-STORE or DICOMweb STOW-RS and

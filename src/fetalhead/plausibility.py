@@ -3,9 +3,10 @@
 The network segments anything round and bright: a ring drawn on black, a cardiac
 view, a blank image's faint blob. Before any number is reported, the found head
 is described by a few scale-free features of the image and the probability map,
-and a logistic model fitted on HC18 heads against a generated corpus of
-non-heads (``scripts/fit_nonhead.py``) decides whether it is one. What is not
-a head gets ``no_head_found`` and no measures.
+and a rule fitted on HC18 heads against a generated corpus of
+non-heads (``scripts/fit_nonhead.py``) decides whether it is one: an envelope
+of gates, each halfway between the most extreme HC18 head and the typical
+non-head beyond it. What is not a head gets ``no_head_found`` and no measures.
 """
 
 from __future__ import annotations
@@ -81,46 +82,57 @@ def head_features(
     }
 
 
+#: Which side of each feature a non-head falls on: ``low`` values are suspicious for
+#: confidence, speckle and grey levels, ``high`` ones for the fit residual and flatness.
+SIDES = {
+    "confidence": "low",
+    "log_fit_residual": "high",
+    "speckle": "low",
+    "flat_fraction": "high",
+    "gray_levels": "low",
+}
+
+
 @dataclass(frozen=True)
 class HeadRejector:
-    """Logistic model: P(head) = sigmoid(b + sum w_i (x_i - mean_i) / sd_i).
+    """An envelope around foetal heads: a found head outside any gate is rejected.
+
+    Each feature has a gate on its suspicious side, placed halfway between the
+    most extreme foetal head of the fitting set (``edge``) and the median of the
+    fitting non-heads beyond that edge (``scripts/fit_nonhead.py``). The score of
+    an image is the smallest of its features' margins, each scaled so that 1 is
+    the edge of the heads and 0 the gate: positive inside the envelope.
 
     Attributes:
-        coef: Weight per feature (standardised).
-        intercept: Intercept.
-        mean: Feature means of the fitting data.
-        sd: Feature standard deviations of the fitting data.
-        threshold: A found head with P(head) below it is rejected.
-        provenance: How and on what the model was fitted, and its measured error rates.
+        gates: Gate value per feature.
+        edges: The fitting heads' extreme value per feature.
+        provenance: How and on what the gates were set, and the measured error rates.
 
     """
 
-    coef: tuple[float, ...]
-    intercept: float
-    mean: tuple[float, ...]
-    sd: tuple[float, ...]
-    threshold: float
+    gates: dict[str, float]
+    edges: dict[str, float]
     provenance: dict
 
-    def probability(self, features: dict[str, float]) -> float:
-        """P(head) of a found head's features."""
-        x = np.array([features[k] for k in FEATURES])
-        z = self.intercept + float(np.dot(self.coef, (x - self.mean) / self.sd))
-        return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+    def score(self, features: dict[str, float]) -> float:
+        """The smallest scaled margin: > 0 inside the envelope of heads, <= 0 outside."""
+        margins = []
+        for k, gate in self.gates.items():
+            span = abs(self.edges[k] - gate) or 1e-9
+            x = features[k]
+            margins.append((x - gate) / span if SIDES[k] == "low" else (gate - x) / span)
+        return float(min(margins))
 
     def is_head(self, features: dict[str, float]) -> bool:
         """Whether the found head is kept."""
-        return self.probability(features) >= self.threshold
+        return self.score(features) > 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {
             "features": list(FEATURES),
-            "coef": list(self.coef),
-            "intercept": self.intercept,
-            "mean": list(self.mean),
-            "sd": list(self.sd),
-            "threshold": self.threshold,
+            "gates": self.gates,
+            "edges": self.edges,
             "provenance": self.provenance,
         }
 
@@ -129,16 +141,35 @@ class HeadRejector:
         """Build from :meth:`to_dict` output; the feature list must match this version's."""
         if tuple(d["features"]) != FEATURES:
             raise ValueError(f"rejector features {d['features']} differ from {list(FEATURES)}")
-        return cls(
-            tuple(d["coef"]),
-            float(d["intercept"]),
-            tuple(d["mean"]),
-            tuple(d["sd"]),
-            float(d["threshold"]),
-            dict(d.get("provenance", {})),
-        )
+        return cls(dict(d["gates"]), dict(d["edges"]), dict(d.get("provenance", {})))
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL) -> HeadRejector:
         """Load a fitted model (default: the shipped one)."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def fit_envelope(heads: np.ndarray, non_heads: np.ndarray) -> tuple[dict, dict]:
+    """Gates halfway between the heads' extreme and the median non-head beyond it.
+
+    Args:
+        heads: ``(n, len(FEATURES))`` features of foetal heads.
+        non_heads: ``(m, len(FEATURES))`` features of regions found in non-heads.
+
+    Returns:
+        ``(gates, edges)`` keyed by feature name.
+
+    """
+    gates, edges = {}, {}
+    for j, k in enumerate(FEATURES):
+        if SIDES[k] == "low":
+            edge = float(heads[:, j].min())
+            beyond = non_heads[non_heads[:, j] < edge, j]
+        else:
+            edge = float(heads[:, j].max())
+            beyond = non_heads[non_heads[:, j] > edge, j]
+        if beyond.size == 0:
+            continue  # no non-head lies beyond the heads: this feature gates nothing
+        edges[k] = edge
+        gates[k] = float(0.5 * (edge + np.median(beyond)))
+    return gates, edges

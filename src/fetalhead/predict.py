@@ -173,10 +173,10 @@ class HeadMeasurer:
         name: str,
     ) -> Measurement:
         e, contour, conf, reasons = postprocess(prob, lb, self.postprocess_method)
-        head_p = None
+        head_score = None
         if e is not None and contour is not None and conf is not None and self.rejector:
-            head_p = self.rejector.probability(head_features(image, e, contour, conf))
-            if head_p < self.rejector.threshold:
+            head_score = self.rejector.score(head_features(image, e, contour, conf))
+            if head_score <= 0.0:
                 # Not a foetal head in ultrasound: no ellipse, no measures.
                 e, contour, reasons = None, None, ["no_head_found"]
         half = None
@@ -193,7 +193,7 @@ class HeadMeasurer:
             ellipse=e,
             pixel_size_mm=px,
             confidence=conf,
-            head_probability=head_p,
+            head_score=head_score,
             hc_rel_halfwidth=half,
             contour=contour,
             _prob=prob,

@@ -160,7 +160,7 @@ def _result_json(m: Measurement, rid: str, model_version: str, level: float) -> 
             for g, key in ((gh, "hadlock"), (gi, "intergrowth"))
             if g is not None
         },
-        "head_probability": m.head_probability,
+        "head_score": m.head_score,
         "pixel_size_mm": m.pixel_size_mm,
         "pixel_size_source": m.pixel_size_source,
         "confidence": m.confidence,
