@@ -241,6 +241,89 @@ def test_browser_end_to_end(live_server, tmp_path) -> None:
         browser.close()
 
 
+def test_browser_review_edit_accept_and_export(live_server, tmp_path) -> None:
+    """Drag a handle, see HC change, accept, and find the edited value in the CSV and SR."""
+    import csv as csvmod
+
+    import pydicom
+
+    from test_sr import us_dicom
+
+    pw = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    src = us_dicom(tmp_path / "us.dcm")
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 1000}, accept_downloads=True)
+        page.goto(live_server)
+        page.set_input_files("#file", str(src))
+        page.click("#measure")
+        page.wait_for_selector("#handle-a", timeout=30000)
+        before = float(page.text_content("#hc-value").split()[0])
+        centre, end = (page.locator(f"#handle-{h}").bounding_box() for h in ("centre", "a"))
+        cx, cy = centre["x"] + centre["width"] / 2, centre["y"] + centre["height"] / 2
+        x, y = end["x"] + end["width"] / 2, end["y"] + end["height"] / 2
+        # Drag the axis handle 40 screen pixels further out along its axis.
+        n = ((x - cx) ** 2 + (y - cy) ** 2) ** 0.5
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 40 * (x - cx) / n, y + 40 * (y - cy) / n, steps=5)
+        page.mouse.up()
+        after = float(page.text_content("#hc-value").split()[0])
+        assert after > before + 1, (before, after)
+        page.fill("#operator", "sonographer A")
+        page.click("#accept")
+        page.wait_for_selector("text=accepted by sonographer A")
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+        with page.expect_download() as dl:
+            page.click("#csv")
+        (row,) = list(csvmod.DictReader(open(dl.value.path())))
+        assert row["decision"] == "accepted" and row["values"] == "edited"
+        assert row["operator"] == "sonographer A"
+        assert float(row["hc_mm"]) == pytest.approx(after, abs=0.06)
+        assert float(row["ai_hc_mm"]) == pytest.approx(before, abs=0.06)
+        with page.expect_download() as dl:
+            page.click(".sr-link")
+        sr = pydicom.dcmread(dl.value.path())
+        browser.close()
+    assert sr.VerificationFlag == "VERIFIED"
+    assert sr.VerifyingObserverSequence[0].VerifyingObserverName == "sonographer A"
+    hc = [
+        float(it.MeasuredValueSequence[0].NumericValue)
+        for g in sr.ContentSequence[-1].ContentSequence
+        for it in g.get("ContentSequence", [])
+        if it.get("ConceptNameCodeSequence")
+        and it.ConceptNameCodeSequence[0].CodeValue == "11984-2"
+    ]
+    assert hc == [pytest.approx(float(row["hc_mm"]), abs=0.01)]
+    texts = [str(it.TextValue) for g in sr.ContentSequence[-1].ContentSequence
+             for it in g.get("ContentSequence", []) if it.ValueType == "TEXT"]  # fmt: skip
+    assert any("edited by the operator" in t and f"HC {before:.1f} mm" in t for t in texts), texts
+
+
+def test_review_endpoint_recomputes_the_edited_values(client) -> None:
+    d = post(client, PNG).json()
+    e = dict(d["ellipse_px"])
+    e["a"], e["b"] = 100.0, 80.0
+    r = client.post(
+        d["review_url"], json={"ellipse": e, "decision": "accepted", "operator": "op"}
+    ).json()
+    # Semi-axes 100 and 80 px at 0.1 mm: HC = 0.1 * Ramanujan(100, 80) = 56.72 mm.
+    assert r["hc_mm"] == pytest.approx(56.72, abs=0.01)
+    assert r["bpd_mm"] == pytest.approx(16.0) and r["ofd_mm"] == pytest.approx(20.0)
+    assert r["edited"] is True and r["sr_url"] is None  # a PNG has no SR
+    bad = client.post(d["review_url"], json={"ellipse": e, "decision": "maybe", "operator": "op"})
+    assert bad.status_code == 422
+    same = client.post(
+        d["review_url"],
+        json={"ellipse": d["ellipse_px"], "decision": "rejected", "operator": "op"},
+    ).json()
+    assert same["edited"] is False and same["decision"] == "rejected"
+
+
 def test_request_timeout_gives_408(measurer) -> None:
     class Slow:
         name = "slow"

@@ -127,6 +127,33 @@ def test_dciodvfy_reports_no_errors(report) -> None:
     assert "Error" not in text, text
 
 
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) not installed")
+def test_reviewed_report_is_verified_and_valid(tmp_path) -> None:
+    import datetime as dt
+
+    from fetalhead.write.sr import Review
+
+    src_path = us_dicom(tmp_path / "us.dcm")
+    m = ring_measurer().measure(read_image(src_path)[0], filename="us.dcm")
+    when = dt.datetime(2026, 11, 26, 16, 30, tzinfo=dt.UTC)
+    review = Review("accepted", "sonographer A", when, True, 89.0, 24.0, 32.0)
+    sr = build_sr(pydicom.dcmread(src_path), m, review=review)
+    sr.save_as(tmp_path / "reviewed.dcm", enforce_file_format=True)
+    assert sr.VerificationFlag == "VERIFIED"
+    assert sr.VerifyingObserverSequence[0].VerificationDateTime == "20261126163000"
+    (statement,) = [
+        c for c in find(sr.ContentSequence, "DCM", "121106") if "Reviewed" in c.TextValue
+    ]
+    assert statement.TextValue == (
+        "Reviewed: accepted by sonographer A at 2026-11-26 16:30:00 UTC; the ellipse is edited "
+        "by the operator. AI values: HC 89.0 mm, BPD 24.0 mm, OFD 32.0 mm."
+    )
+    out = subprocess.run(
+        ["dciodvfy", str(tmp_path / "reviewed.dcm")], capture_output=True, text=True
+    )
+    assert "Error" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+
 def test_no_head_is_reported_without_numbers(tmp_path) -> None:
     src = pydicom.dcmread(us_dicom(tmp_path / "us.dcm"))
     sr = build_sr(src, Measurement("us.dcm", qc="no_head_found"))

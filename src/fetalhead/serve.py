@@ -9,6 +9,7 @@ loop stays responsive and memory stays bounded.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import logging
 import os
@@ -18,16 +19,20 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import cv2
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from pydantic import Field as PydField
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fetalhead import __version__
+from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.image import InputError
 from fetalhead.measure import Measurement
 from fetalhead.predict import HeadMeasurer
@@ -35,7 +40,7 @@ from fetalhead.readers import read_image_bytes
 from fetalhead.readers.dicom import looks_like_dicom
 from fetalhead.readers.tables import validate_pixel_size
 from fetalhead.spacing import resolve_pixel_size
-from fetalhead.write.sr import build_sr
+from fetalhead.write.sr import Review, build_sr
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +146,8 @@ def _result_json(m: Measurement, rid: str, model_version: str, level: float) -> 
             k: row[k]
             for k in ("center_x_mm", "center_y_mm", "semi_axes_a_mm", "semi_axes_b_mm", "angle_rad")
         },
+        "ellipse_px": asdict(m.ellipse) if m.ellipse is not None else None,
+        "image_shape": list(m.image_shape) if m.image_shape else None,
         "hc_mm": m.hc_mm,
         "hc_interval_mm": [m.hc_low_mm, m.hc_high_mm] if m.hc_low_mm is not None else None,
         "hc_interval_level": level,
@@ -182,6 +189,8 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
     )
     overlays: OrderedDict[str, bytes] = OrderedDict()
     reports: OrderedDict[str, bytes] = OrderedDict()
+    #: What a review needs: the measured image, the measurement and the DICOM header.
+    contexts: OrderedDict[str, tuple[bytes, Measurement, object | None]] = OrderedDict()
     lock = threading.Lock()
     # Worker threads cannot be stopped, so a slot is freed when the work ends,
     # not when its request gives up: max_concurrent is a real bound.
@@ -211,7 +220,7 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
     async def model() -> dict[str, Any]:
         return {**model_info, "model_version": model_version, "card": _card_summary(measurer)}
 
-    def work(data: bytes, px: float | None) -> tuple[dict[str, Any], bytes, bytes | None]:
+    def work(data: bytes, px: float | None) -> tuple[dict[str, Any], bytes, bytes | None, tuple]:
         frame = read_image_bytes(data, "upload")[0]
         try:
             spacing = resolve_pixel_size("upload", frame, cli_mm=px)
@@ -237,7 +246,11 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
                 report.save_as(buf, enforce_file_format=True)
                 sr = buf.getvalue()
         png = encode_png(draw_overlay(frame.pixels, m))
-        return _result_json(m, "", model_version, level), png, sr
+        plain = frame.pixels
+        if m.image_shape is not None and plain.shape != tuple(m.image_shape):
+            plain = cv2.resize(plain, m.image_shape[::-1], interpolation=cv2.INTER_LINEAR)
+        context = (encode_png(plain), m, frame.header)
+        return _result_json(m, "", model_version, level), png, sr, context
 
     @app.post("/api/v1/measure")
     async def measure(
@@ -267,7 +280,7 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         job = loop.run_in_executor(executor, work, data, px)
         job.add_done_callback(_release_when_done(slots))
         try:
-            result, png, sr = await asyncio.wait_for(
+            result, png, sr, context = await asyncio.wait_for(
                 asyncio.shield(job), timeout=max(0.0, deadline - loop.time())
             )
         except InputError as exc:
@@ -278,8 +291,13 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         result["id"] = rid
         result["overlay_url"] = f"/api/v1/measure/{rid}/overlay.png"
         result["sr_url"] = f"/api/v1/measure/{rid}/sr.dcm" if sr is not None else None
+        result["image_url"] = f"/api/v1/measure/{rid}/image.png"
+        result["review_url"] = f"/api/v1/measure/{rid}/review"
         with lock:
             overlays[rid] = png
+            contexts[rid] = context
+            while len(contexts) > settings.max_results:
+                contexts.popitem(last=False)
             if sr is not None:
                 reports[rid] = sr
             while len(reports) > settings.max_results:
@@ -295,6 +313,70 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         if png is None:
             raise HTTPException(404, "no such measurement (results are kept in memory for a while)")
         return Response(png, media_type="image/png")
+
+    @app.get("/api/v1/measure/{rid}/image.png")
+    async def image(rid: str) -> Response:
+        with lock:
+            ctx = contexts.get(rid)
+        if ctx is None:
+            raise HTTPException(404, "no such measurement (results are kept in memory for a while)")
+        return Response(ctx[0], media_type="image/png")
+
+    @app.post("/api/v1/measure/{rid}/review")
+    async def review(rid: str, body: ReviewIn) -> dict[str, Any]:
+        with lock:
+            ctx = contexts.get(rid)
+        if ctx is None:
+            raise HTTPException(404, "no such measurement (results are kept in memory for a while)")
+        _, ai, header = ctx
+        if ai.pixel_size_mm is None:
+            raise HTTPException(422, "this measurement has no pixel size; nothing to review in mm")
+        e = body.ellipse
+        ellipse = Ellipse(e.cx, e.cy, e.a, e.b, e.angle)
+        edited = ai.ellipse is None or any(
+            abs(u - v) > 1e-6
+            for u, v in zip(
+                (ellipse.cx, ellipse.cy, ellipse.a, ellipse.b, ellipse.angle),
+                (ai.ellipse.cx, ai.ellipse.cy, ai.ellipse.a, ai.ellipse.b, ai.ellipse.angle),
+                strict=True,
+            )
+        )
+        reviewed = Measurement(
+            ai.filename,
+            frame=ai.frame,
+            image_shape=ai.image_shape,
+            qc=ai.qc if not edited else f"{ai.qc};edited_by_operator",
+            ellipse=ellipse,
+            pixel_size_mm=ai.pixel_size_mm,
+            pixel_size_source=ai.pixel_size_source,
+            confidence=ai.confidence,
+        )
+        decision = Review(
+            body.decision,
+            body.operator,
+            dt.datetime.now(dt.UTC),
+            edited,
+            ai.hc_mm,
+            ai.bpd_mm,
+            ai.ofd_mm,
+        )
+        out = _result_json(
+            reviewed, rid, model_version, measurer.settings.get("interval_level", 0.9)
+        )
+        out |= {"decision": body.decision, "operator": body.operator, "edited": edited,
+                "time": decision.time.isoformat(timespec="seconds"), "sr_url": None}  # fmt: skip
+        if header is not None and body.decision == "accepted":
+            buf = io.BytesIO()
+            build_sr(
+                header,  # type: ignore[arg-type]
+                reviewed,
+                weights_sha256=measurer.weights_sha256,
+                review=decision,
+            ).save_as(buf, enforce_file_format=True)
+            with lock:
+                reports[f"{rid}-reviewed"] = buf.getvalue()
+            out["sr_url"] = f"/api/v1/measure/{rid}-reviewed/sr.dcm"
+        return out
 
     @app.get("/api/v1/measure/{rid}/sr.dcm")
     async def report(rid: str) -> Response:
@@ -315,6 +397,24 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
     return app
+
+
+class EllipseIn(BaseModel):
+    """An ellipse in pixels of the measured image (0 at the centre of the first pixel)."""
+
+    cx: float
+    cy: float
+    a: float = PydField(gt=0)
+    b: float = PydField(gt=0)
+    angle: float
+
+
+class ReviewIn(BaseModel):
+    """A sonographer's decision on a measurement."""
+
+    ellipse: EllipseIn
+    decision: Literal["accepted", "rejected"]
+    operator: str = PydField(min_length=1, max_length=64)
 
 
 def _release_when_done(slots: asyncio.Semaphore) -> Callable[[asyncio.Future], None]:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Literal
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -57,6 +59,46 @@ COPIED = (
     "AccessionNumber",
     "StudyDescription",
 )
+
+
+@dataclass(frozen=True)
+class Review:
+    """A sonographer's decision on a measurement.
+
+    Attributes:
+        decision: ``accepted`` or ``rejected``.
+        operator: Who decided (free text, as typed in the review page).
+        time: When (UTC).
+        edited: Whether the ellipse was changed from the AI's.
+        ai_hc_mm: The AI's HC, kept for the record.
+        ai_bpd_mm: The AI's BPD.
+        ai_ofd_mm: The AI's OFD.
+        organization: Verifying organisation recorded with an accepted report.
+
+    """
+
+    decision: Literal["accepted", "rejected"]
+    operator: str
+    time: dt.datetime
+    edited: bool
+    ai_hc_mm: float | None = None
+    ai_bpd_mm: float | None = None
+    ai_ofd_mm: float | None = None
+    organization: str = "fetalhead review"
+
+    def statement(self) -> str:
+        """The review in words, for a comment in the report."""
+        ai = (
+            f"AI values: HC {self.ai_hc_mm:.1f} mm, BPD {self.ai_bpd_mm:.1f} mm, "
+            f"OFD {self.ai_ofd_mm:.1f} mm."
+            if None not in (self.ai_hc_mm, self.ai_bpd_mm, self.ai_ofd_mm)
+            else "No AI measurement."
+        )
+        how = "edited by the operator" if self.edited else "the AI's, unchanged"
+        return (
+            f"Reviewed: {self.decision} by {self.operator} at "
+            f"{self.time.strftime('%Y-%m-%d %H:%M:%S')} UTC; the ellipse is {how}. {ai}"
+        )
 
 
 def _code(c: Code) -> Dataset:
@@ -162,6 +204,7 @@ def build_sr(
     weights_sha256: str | None = None,
     interval_level: float | None = None,
     now: dt.datetime | None = None,
+    review: Review | None = None,
 ) -> Dataset:
     """The OB-GYN Ultrasound Procedure Report of one measured frame of ``source``.
 
@@ -171,6 +214,9 @@ def build_sr(
         weights_sha256: SHA-256 of the weights, naming the observer device.
         interval_level: Coverage of ``m``'s HC interval, if it has one.
         now: Content date and time (default: now, UTC).
+        review: A sonographer's decision on the measurement. An accepted report is
+            VERIFIED, with the operator as verifying observer; whether the ellipse was
+            edited, and the AI's values, are stated in comments.
 
     A frame where no head was measured still gets a report: its Fetal Biometry
     section then holds no numbers, only a comment with the reason (qc).
@@ -234,6 +280,8 @@ def build_sr(
             )
         )
     hc_extra.append(_text("CONTAINS", codes.DCM.Comment, f"fetalhead quality control: {m.qc}."))
+    if review is not None:
+        hc_extra.append(_text("CONTAINS", codes.DCM.Comment, review.statement()))
     if not same_grid:
         hc_extra.append(
             _text(
@@ -283,6 +331,14 @@ def build_sr(
     ds.ContentTime = now.strftime("%H%M%S")
     ds.CompletionFlag = "COMPLETE"
     ds.VerificationFlag = "UNVERIFIED"
+    if review is not None and review.decision == "accepted":
+        ds.VerificationFlag = "VERIFIED"
+        observer = Dataset()
+        observer.VerifyingObserverName = review.operator
+        observer.VerifyingOrganization = review.organization
+        observer.VerificationDateTime = review.time.strftime("%Y%m%d%H%M%S")
+        observer.VerifyingObserverIdentificationCodeSequence = Sequence()
+        ds.VerifyingObserverSequence = Sequence([observer])
     ds.PerformedProcedureCodeSequence = Sequence()
     evidence = Dataset()
     evidence.StudyInstanceUID = source.StudyInstanceUID
