@@ -1,10 +1,11 @@
-"""Screenshot of the web page measuring an example image (for the README).
+"""Screenshots of the web page: measuring an example image, then reviewing it.
 
-Usage: .venv/bin/python scripts/screenshot_web.py [--out docs/web.png]
+Usage: .venv/bin/python scripts/screenshot_web.py [--out docs/web.png] [--review docs/review.png]
 
 Starts the app with the shipped weights on a free loopback port, opens it in
 Debian's Chromium through Playwright, measures ``examples/191_HC.png`` and saves
-a full-page screenshot.
+a full-page screenshot; then drags the first axis handle outwards, enters an
+operator, accepts, and saves the review screenshot (an edited ellipse).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/web.png"))
     ap.add_argument("--image", type=Path, default=Path("examples/191_HC.png"))
     ap.add_argument("--pixel-size", default="0.157119035721")
+    ap.add_argument("--review", type=Path, default=Path("docs/review.png"))
     args = ap.parse_args()
 
     with socket.socket() as s:
@@ -54,6 +56,19 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out), full_page=True)
         print(f"HC shown: {page.text_content('#hc-value')}; saved {args.out}")
+        centre, end = (page.locator(f"#handle-{h}").bounding_box() for h in ("centre", "a"))
+        cx, cy = centre["x"] + centre["width"] / 2, centre["y"] + centre["height"] / 2
+        x, y = end["x"] + end["width"] / 2, end["y"] + end["height"] / 2
+        n = ((x - cx) ** 2 + (y - cy) ** 2) ** 0.5
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 25 * (x - cx) / n, y + 25 * (y - cy) / n, steps=5)
+        page.mouse.up()
+        page.fill("#operator", "sonographer A")
+        page.click("#accept")
+        page.wait_for_selector("text=accepted by sonographer A")
+        page.screenshot(path=str(args.review), full_page=True)
+        print(f"edited HC: {page.text_content('#hc-value')}; saved {args.review}")
         browser.close()
     server.should_exit = True
 

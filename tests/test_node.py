@@ -321,3 +321,21 @@ def test_bad_objects_are_answered_with_a_reason(tmp_path, measurer, caplog) -> N
     finally:
         node.stop()
     assert "Doe" not in caplog.text and str(ds.PatientName) not in caplog.text
+
+
+def test_reviewed_report_from_the_web_page_reaches_orthanc(tmp_path, orthanc, measurer) -> None:
+    from fastapi.testclient import TestClient
+
+    from fetalhead.serve import ServeSettings, create_app
+
+    settings = ServeSettings(token=None, stow_url=f"http://127.0.0.1:{orthanc.http}/dicom-web")
+    client = TestClient(create_app(measurer, settings))
+    data = hc18_as_dicom(tmp_path / "head.dcm").read_bytes()
+    d = client.post("/api/v1/measure", files={"file": ("h.dcm", data, "application/dicom")}).json()
+    e = dict(d["ellipse_px"], a=d["ellipse_px"]["a"] * 1.05)
+    r = client.post(d["review_url"], json={"ellipse": e, "decision": "accepted", "operator": "op"})
+    assert r.status_code == 200 and r.json()["sent"] is True
+    (uid,) = wait_for(orthanc.sr_instances)
+    sr = orthanc.sr_dataset(uid)
+    assert sr.VerificationFlag == "VERIFIED"
+    assert hc_of(sr) == pytest.approx(r.json()["hc_mm"], abs=1e-3)

@@ -431,16 +431,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
+    dest = p.add_mutually_exclusive_group()
+    dest.add_argument(
+        "--forward", metavar="HOST:PORT:AET", help="send the SR of each accepted review by C-STORE"
+    )
+    dest.add_argument("--stow-url", metavar="URL", help="or by STOW-RS to this DICOMweb base")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from fetalhead.serve import serve
+        from fetalhead.serve import ServeSettings, serve
     except ImportError as exc:
         raise RuntimeError(
             f"serve needs the web extras: pip install 'fetalhead[serve]' ({exc})"
         ) from None
-    serve(args.weights, args.host, args.port, args.backend)
+    settings = ServeSettings(forward=args.forward, stow_url=args.stow_url)
+    serve(args.weights, args.host, args.port, args.backend, settings)
     return 0
 
 

@@ -40,6 +40,7 @@ from fetalhead.readers import read_image_bytes
 from fetalhead.readers.dicom import looks_like_dicom
 from fetalhead.readers.tables import validate_pixel_size
 from fetalhead.spacing import resolve_pixel_size
+from fetalhead.write.destination import Destination
 from fetalhead.write.sr import Review, build_sr
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class ServeSettings:
             slot until it has really ended, even after its request timed out.
         max_results: Overlays kept in memory for ``GET .../overlay.png``.
         token: Bearer token required on ``/api/`` routes (default: ``$FETALHEAD_API_TOKEN``).
+        forward: Send the SR of each accepted review by C-STORE to ``HOST:PORT:AET``.
+        stow_url: Or by STOW-RS to this DICOMweb base URL.
 
     """
 
@@ -76,6 +79,8 @@ class ServeSettings:
     max_concurrent: int = 2
     max_results: int = 64
     token: str | None = field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None)
+    forward: str | None = None
+    stow_url: str | None = None
 
 
 class BodyLimit:
@@ -197,6 +202,11 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
     slots = asyncio.Semaphore(settings.max_concurrent)
     executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="fetalhead-measure")
     model_info = measurer.describe()
+    destination = (
+        Destination(settings.forward, settings.stow_url)
+        if settings.forward or settings.stow_url
+        else None
+    )
     model_version = f"fetalhead {__version__} / weights {str(model_info['weights_sha256'])[:12]}"
 
     @app.middleware("http")
@@ -376,6 +386,13 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
             with lock:
                 reports[f"{rid}-reviewed"] = buf.getvalue()
             out["sr_url"] = f"/api/v1/measure/{rid}-reviewed/sr.dcm"
+            if destination is not None:
+                try:
+                    await asyncio.to_thread(destination.send, buf.getvalue())
+                    out["sent"] = True
+                except (ConnectionError, OSError) as exc:
+                    out["sent"], out["send_error"] = False, str(exc)
+                    logger.warning("reviewed SR not sent: %s", exc)
         return out
 
     @app.get("/api/v1/measure/{rid}/sr.dcm")
@@ -440,12 +457,16 @@ def _card_summary(measurer: HeadMeasurer) -> str | None:
 
 
 def serve(
-    weights: str | None = None, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto"
+    weights: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    backend: str = "auto",
+    settings: ServeSettings | None = None,
 ) -> None:
     """Run the web app with uvicorn (binds to loopback unless told otherwise)."""
     import uvicorn
 
     measurer = HeadMeasurer.from_pretrained(weights, backend=backend)  # type: ignore[arg-type]
-    app = create_app(measurer)
+    app = create_app(measurer, settings)
     logger.info("serving on http://%s:%d (OpenAPI docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="info")

@@ -208,7 +208,8 @@
       return;
     }
     reviewStatus.className = "";
-    reviewStatus.textContent = `${decision} by ${r.operator} at ${r.time}` + (r.sr_url ? " — SR ready" : "");
+    const sent = r.sent === true ? ", sent to the PACS" : r.sent === false ? `, not sent: ${r.send_error}` : "";
+    reviewStatus.textContent = `${decision} by ${r.operator} at ${r.time}` + (r.sr_url ? ` — SR ready${sent}` : "");
     const row = rows.get(current.id);
     upsertRow(current.id, {
       ...row, hc: r.hc_mm, bpd: r.bpd_mm, ofd: r.ofd_mm,

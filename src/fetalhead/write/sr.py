@@ -41,7 +41,7 @@ from fetalhead.image import InputError
 from fetalhead.measure import Measurement
 
 #: GA equation code: "HC, Hadlock 1984" (PS3.16 CID 12013).
-HADLOCK_HC = Code("11932-1", "LN", "HC, Hadlock 1984")
+HADLOCK_HC = codes.LN.HCHadlock1984
 MM = codes.UCUM.Millimeter
 WEEK = codes.UCUM.Week
 #: Patient and study attributes copied from the source image.
