@@ -312,6 +312,11 @@ def test_bad_objects_are_answered_with_a_reason(tmp_path, measurer, caplog) -> N
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         assoc = ae.associate("127.0.0.1", node.config.port, ae_title="FETALHEAD")
         assert assoc.is_rejected
+        # A corrupt object in the spool (as if received before a crash) fails with a reason.
+        (node.config.spool / "incoming" / "corrupt0000000000.dcm").write_bytes(b"DICM" * 100)
+        assert wait_for(lambda: node.status()["failed"] == 2)
+        reason = (node.config.spool / "failed" / "corrupt0000000000.txt").read_text()
+        assert reason.startswith("corrupt0000000000: ") and "DICOM" in reason
         # C-ECHO answers.
         ae = AE(ae_title="SCANNER")
         ae.add_requested_context("1.2.840.10008.1.1")
@@ -339,3 +344,13 @@ def test_reviewed_report_from_the_web_page_reaches_orthanc(tmp_path, orthanc, me
     sr = orthanc.sr_dataset(uid)
     assert sr.VerificationFlag == "VERIFIED"
     assert hc_of(sr) == pytest.approx(r.json()["hc_mm"], abs=1e-3)
+
+
+def test_objects_over_the_size_limit_are_refused(tmp_path, measurer) -> None:
+    node = node_for(tmp_path, measurer, max_object_mb=0.01)
+    node.start()
+    try:
+        assert c_store(node.config.port, Path(examples.get_path("palette_color"))) == 0xA700
+        assert node.status() == {"queued": 0, "to_send": 0, "done": 0, "failed": 0}
+    finally:
+        node.stop()
