@@ -103,3 +103,23 @@ def test_interval_features() -> None:
     assert math.isclose(
         interval_features(Ellipse(0, 0, 10, 20, 0), 0.0, 0.9, False)["rel_rms"], 1e-6
     )
+
+
+def test_wide_intervals_are_flagged_for_review() -> None:
+    from conftest import FINE_CONFIG, RingBackend, synthetic_scan
+
+    model = IntervalModel(0.9, 0.04, 0.01, 1.0, 2.0, 900)
+    meta = {
+        "calibration": {
+            "hc_interval": [model.to_dict()],
+            "qc_flag": {"level": 0.9, "max_rel_halfwidth": 0.05},
+        }
+    }
+    # A clean ring: u = 1 (fit residual below r0, not clipped): 4 % < 5 %, not flagged.
+    m = HeadMeasurer(Checkpoint.from_model(ResUNet(FINE_CONFIG), meta), backend="torch",
+                     tta=False, reject_non_heads=False)  # fmt: skip
+    m.backend = RingBackend()
+    assert m.measure(synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))[0], 0.1).qc == "ok"
+    # Clipped by the field of view: u = 1 + 2 = 3, 12 % > 5 %: flagged.
+    clipped = m.measure(synthetic_scan(Ellipse(20, 135, 80, 60, 0.3))[0], 0.1)
+    assert "touches_border" in clipped.qc and "uncertain_hc" in clipped.qc

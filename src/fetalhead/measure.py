@@ -25,7 +25,7 @@ class Measurement:
         n_frames: Number of frames of the file (a resumed run checks that all are done).
         image_shape: ``(height, width)`` of the original image.
         qc: ``"ok"`` or ``;``-joined reasons (``no_head_found``, ``low_confidence``,
-            ``touches_border``, ``head_crosses_regions``, ``ambiguous_regions``,
+            ``touches_border``, ``uncertain_hc``, ``head_crosses_regions``, ``ambiguous_regions``,
             ``outside_regions``, ``unreadable``, ``no_pixel_size``).
         ellipse: Fitted ellipse in original pixels, or ``None``.
         pixel_size_mm: Pixel size used, or ``None``.

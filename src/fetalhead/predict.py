@@ -32,7 +32,7 @@ from fetalhead.plausibility import HeadRejector, head_features
 from fetalhead.postprocess import PostprocessName, postprocess
 from fetalhead.readers import read_image
 from fetalhead.spacing import ResolvedSpacing, region_of_head, resolve_pixel_size, square_pixels
-from fetalhead.uncertainty import interval_features, interval_model
+from fetalhead.uncertainty import flag_rule, interval_features, interval_model
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class HeadMeasurer:
         }
         #: The calibrated HC interval at ``interval_level``, if the weights carry one.
         self.interval = interval_model(checkpoint.meta, interval_level)
+        #: Flags ``uncertain_hc`` where the calibrated interval is wide, if calibrated.
+        self.flag = flag_rule(checkpoint.meta)
         #: Decides whether a found head is a foetal head in ultrasound (None: keep all).
         self.rejector: HeadRejector | None = (
             HeadRejector.load() if reject_non_heads and DEFAULT_REJECTOR.exists() else None
@@ -180,10 +182,13 @@ class HeadMeasurer:
                 # Not a foetal head in ultrasound: no ellipse, no measures.
                 e, contour, reasons = None, None, ["no_head_found"]
         half = None
-        if e is not None and contour is not None and conf is not None and self.interval:
+        if e is not None and contour is not None and conf is not None:
             rms = float(np.sqrt(np.mean(_geometric_residuals(e, contour) ** 2)))
             features = interval_features(e, rms, conf, "touches_border" in reasons)
-            half = self.interval.scale(features)
+            if self.interval:
+                half = self.interval.scale(features)
+            if self.flag and self.flag.flags(features):
+                reasons.append("uncertain_hc")
         if px is None:
             reasons.append("no_pixel_size")
         return Measurement(

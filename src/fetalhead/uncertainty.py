@@ -142,3 +142,30 @@ def interval_model(meta: dict[str, Any], level: float) -> IntervalModel | None:
             f"choose one of {sorted(by_level)}"
         )
     return IntervalModel.from_dict(by_level[float(level)])
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    """Flag ``uncertain_hc`` when the calibrated interval is wide.
+
+    Attributes:
+        interval: The calibrated interval whose width is judged.
+        max_rel_halfwidth: Largest relative half-width still not flagged.
+
+    """
+
+    interval: IntervalModel
+    max_rel_halfwidth: float
+
+    def flags(self, features: dict[str, Any]) -> bool:
+        """Whether an image with these features should be checked by a person."""
+        return self.interval.scale(features) > self.max_rel_halfwidth
+
+
+def flag_rule(meta: dict[str, Any]) -> FlagRule | None:
+    """The qc flag a checkpoint's calibration defines, if any."""
+    rule = meta.get("calibration", {}).get("qc_flag")
+    if not rule:
+        return None
+    model = interval_model(meta, float(rule["level"]))
+    return FlagRule(model, float(rule["max_rel_halfwidth"])) if model else None
