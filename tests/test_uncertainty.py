@@ -112,14 +112,15 @@ def test_wide_intervals_are_flagged_for_review() -> None:
     meta = {
         "calibration": {
             "hc_interval": [model.to_dict()],
-            "qc_flag": {"level": 0.9, "max_rel_halfwidth": 0.05},
+            "qc_flag": {"level": 0.9, "max_halfwidth_mm": 2.5},
         }
     }
-    # A clean ring: u = 1 (fit residual below r0, not clipped): 4 % < 5 %, not flagged.
+    # HC of the ring about 44 mm (semi-axes 80, 60 px at 0.1 mm).
+    # A clean ring: u = 1 (fit residual below r0, not clipped): 4 % of 44 mm = 1.8 mm < 2.5.
     m = HeadMeasurer(Checkpoint.from_model(ResUNet(FINE_CONFIG), meta), backend="torch",
                      tta=False, reject_non_heads=False)  # fmt: skip
     m.backend = RingBackend()
     assert m.measure(synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))[0], 0.1).qc == "ok"
-    # Clipped by the field of view: u = 1 + 2 = 3, 12 % > 5 %: flagged.
+    # Clipped by the field of view: u = 1 + 2 = 3 or more, 12 % of HC > 2.5 mm: flagged.
     clipped = m.measure(synthetic_scan(Ellipse(20, 135, 80, 60, 0.3))[0], 0.1)
     assert "touches_border" in clipped.qc and "uncertain_hc" in clipped.qc

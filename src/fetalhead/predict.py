@@ -187,7 +187,7 @@ class HeadMeasurer:
             features = interval_features(e, rms, conf, "touches_border" in reasons)
             if self.interval:
                 half = self.interval.scale(features)
-            if self.flag and self.flag.flags(features):
+            if self.flag and px is not None and self.flag.flags(e.perimeter * px, features):
                 reasons.append("uncertain_hc")
         if px is None:
             reasons.append("no_pixel_size")

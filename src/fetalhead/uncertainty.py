@@ -146,20 +146,24 @@ def interval_model(meta: dict[str, Any], level: float) -> IntervalModel | None:
 
 @dataclass(frozen=True)
 class FlagRule:
-    """Flag ``uncertain_hc`` when the calibrated interval is wide.
+    """Flag ``uncertain_hc`` when the calibrated interval is wide, in millimetres.
+
+    Large errors are judged in mm (|HC error| > 5 mm), so the flag is too: the
+    interval's half-width in mm grows with head size and with a ragged or clipped
+    boundary.
 
     Attributes:
         interval: The calibrated interval whose width is judged.
-        max_rel_halfwidth: Largest relative half-width still not flagged.
+        max_halfwidth_mm: Largest half-width still not flagged.
 
     """
 
     interval: IntervalModel
-    max_rel_halfwidth: float
+    max_halfwidth_mm: float
 
-    def flags(self, features: dict[str, Any]) -> bool:
-        """Whether an image with these features should be checked by a person."""
-        return self.interval.scale(features) > self.max_rel_halfwidth
+    def flags(self, hc_mm: float, features: dict[str, Any]) -> bool:
+        """Whether an image with this HC and these features should be checked by a person."""
+        return hc_mm * self.interval.scale(features) > self.max_halfwidth_mm
 
 
 def flag_rule(meta: dict[str, Any]) -> FlagRule | None:
@@ -168,4 +172,4 @@ def flag_rule(meta: dict[str, Any]) -> FlagRule | None:
     if not rule:
         return None
     model = interval_model(meta, float(rule["level"]))
-    return FlagRule(model, float(rule["max_rel_halfwidth"])) if model else None
+    return FlagRule(model, float(rule["max_halfwidth_mm"])) if model else None
