@@ -192,11 +192,10 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         description="Foetal head biometry (HC, BPD, OFD, GA) from 2D ultrasound. "
         "Research use only, not a medical device.",
     )
-    overlays: OrderedDict[str, bytes] = OrderedDict()
-    reports: OrderedDict[str, bytes] = OrderedDict()
+    overlays = _Store(settings.max_results)
+    reports = _Store(settings.max_results)
     #: What a review needs: the measured image, the measurement and the DICOM header.
-    contexts: OrderedDict[str, tuple[bytes, Measurement, object | None]] = OrderedDict()
-    lock = threading.Lock()
+    contexts = _Store(settings.max_results)
     # Worker threads cannot be stopped, so a slot is freed when the work ends,
     # not when its request gives up: max_concurrent is a real bound.
     slots = asyncio.Semaphore(settings.max_concurrent)
@@ -303,42 +302,23 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
         result["sr_url"] = f"/api/v1/measure/{rid}/sr.dcm" if sr is not None else None
         result["image_url"] = f"/api/v1/measure/{rid}/image.png"
         result["review_url"] = f"/api/v1/measure/{rid}/review"
-        with lock:
-            overlays[rid] = png
-            contexts[rid] = context
-            while len(contexts) > settings.max_results:
-                contexts.popitem(last=False)
-            if sr is not None:
-                reports[rid] = sr
-            while len(reports) > settings.max_results:
-                reports.popitem(last=False)
-            while len(overlays) > settings.max_results:
-                overlays.popitem(last=False)
+        overlays.put(rid, png)
+        contexts.put(rid, context)
+        if sr is not None:
+            reports.put(rid, sr)
         return result
 
     @app.get("/api/v1/measure/{rid}/overlay.png")
     async def overlay(rid: str) -> Response:
-        with lock:
-            png = overlays.get(rid)
-        if png is None:
-            raise HTTPException(404, "no such measurement (results are kept in memory for a while)")
-        return Response(png, media_type="image/png")
+        return Response(overlays.get(rid), media_type="image/png")
 
     @app.get("/api/v1/measure/{rid}/image.png")
     async def image(rid: str) -> Response:
-        with lock:
-            ctx = contexts.get(rid)
-        if ctx is None:
-            raise HTTPException(404, "no such measurement (results are kept in memory for a while)")
-        return Response(ctx[0], media_type="image/png")
+        return Response(contexts.get(rid)[0], media_type="image/png")
 
     @app.post("/api/v1/measure/{rid}/review")
     async def review(rid: str, body: ReviewIn) -> dict[str, Any]:
-        with lock:
-            ctx = contexts.get(rid)
-        if ctx is None:
-            raise HTTPException(404, "no such measurement (results are kept in memory for a while)")
-        _, ai, header = ctx
+        _, ai, header = contexts.get(rid)
         if ai.pixel_size_mm is None:
             raise HTTPException(422, "this measurement has no pixel size; nothing to review in mm")
         e = body.ellipse
@@ -383,8 +363,7 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
                 weights_sha256=measurer.weights_sha256,
                 review=decision,
             ).save_as(buf, enforce_file_format=True)
-            with lock:
-                reports[f"{rid}-reviewed"] = buf.getvalue()
+            reports.put(f"{rid}-reviewed", buf.getvalue())
             out["sr_url"] = f"/api/v1/measure/{rid}-reviewed/sr.dcm"
             if destination is not None:
                 try:
@@ -397,14 +376,11 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
 
     @app.get("/api/v1/measure/{rid}/sr.dcm")
     async def report(rid: str) -> Response:
-        with lock:
-            sr = reports.get(rid)
-        if sr is None:
-            raise HTTPException(
-                404,
-                "no SR for this measurement: SRs are made for DICOM uploads (a PNG or JPEG "
-                "has no patient or study to report on), and kept in memory for a while",
-            )
+        sr = reports.get(
+            rid,
+            "no SR for this measurement: SRs are made for DICOM uploads (a PNG or JPEG has no "
+            "patient or study to report on), and kept in memory for a while",
+        )
         return Response(sr, media_type="application/dicom")
 
     @app.get("/", include_in_schema=False)
@@ -414,6 +390,33 @@ def create_app(measurer: HeadMeasurer, settings: ServeSettings | None = None) ->
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
     return app
+
+
+class _Store:
+    """Recent results kept in memory, the oldest dropped beyond ``size``; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[str, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def put(self, key: str, value: Any) -> None:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+    def get(
+        self,
+        key: str,
+        missing: str = "no such measurement (results are kept in memory for a while)",
+    ) -> Any:
+        """The value, or HTTP 404 with ``missing`` as its message."""
+        with self.lock:
+            value = self.items.get(key)
+        if value is None:
+            raise HTTPException(404, missing)
+        return value
 
 
 class EllipseIn(BaseModel):
