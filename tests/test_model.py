@@ -121,3 +121,32 @@ def test_batchnorm_folding_keeps_the_function() -> None:
         assert torch.allclose(folded(x), ref, atol=1e-5)
     with pytest.raises(ValueError, match="inference"):
         fold_batchnorm(ResUNet(TINY).train())
+
+
+def test_deep_supervision_heads_train_and_vanish_in_evaluation() -> None:
+    cfg = ModelConfig(start_filters=2, dropout=0.0, input_hw=(64, 96), deep_supervision=True)
+    model = ResUNet(cfg).train()
+    x = torch.rand(2, 1, 64, 96)
+    logits, aux = model(x)
+    # Three coarser decoder levels (strides 8, 4, 2), upsampled, finest first.
+    assert logits.shape == (2, 1, 64, 96) and [a.shape for a in aux] == [(2, 1, 64, 96)] * 3
+    assert len(model.aux_heads) == 3
+    # In evaluation the auxiliary heads do nothing: the same weights without them give the
+    # same output.
+    model.eval()
+    plain = ResUNet(ModelConfig(start_filters=2, dropout=0.0, input_hw=(64, 96))).eval()
+    missing = plain.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")}
+    )
+    assert not missing.missing_keys and plain.aux_heads is None
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+
+
+def test_deep_supervision_checkpoint_round_trip(tmp_path) -> None:
+    cfg = ModelConfig(start_filters=2, dropout=0.0, input_hw=(64, 96), deep_supervision=True)
+    Checkpoint.from_model(ResUNet(cfg)).save(tmp_path / "ds.pt")
+    ck = Checkpoint.load(tmp_path / "ds.pt")
+    assert ck.config.deep_supervision and isinstance(
+        ck.build()(torch.rand(1, 1, 64, 96)), torch.Tensor
+    )

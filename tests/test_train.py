@@ -300,3 +300,13 @@ def test_validation_adf_is_the_evaluated_adf(tmp_path) -> None:
     assert [float(r["adf_mm"]) for r in rows] == pytest.approx(logged, abs=1e-9)
     assert s["adf_mm"]["mean"] == pytest.approx(float(np.mean(logged)), abs=1e-9)
     assert min(logged) > 0.3  # the error is really there
+
+
+def test_deep_supervision_trains_through_the_cli(synth, tmp_path) -> None:
+    rc = cli_main(
+        ["train", str(synth), "--out", str(tmp_path / "ds"), "--epochs", "1", "--batch-size", "4",
+         "--deep-supervision", *TINY_CLI]
+    )  # fmt: skip
+    assert rc == 0
+    ck = Checkpoint.load(tmp_path / "ds" / "final.pt")
+    assert ck.config.deep_supervision and any(k.startswith("aux_heads.") for k in ck.state_dict)

@@ -44,6 +44,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--init-weights", metavar="FILE", help="fine-tune from this checkpoint (same split)"
     )
     p.add_argument(
+        "--deep-supervision",
+        action="store_true",
+        help="add losses on the coarser decoder levels (weights 1/2, 1/4, 1/8)",
+    )
+    p.add_argument(
         "--balance-trimesters",
         action="store_true",
         help="draw images weighted by trimester (rarer trimesters more often)",
@@ -81,6 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "device": args.device,
         "init_weights": args.init_weights,
         "balance_trimesters": True if args.balance_trimesters else None,
+        "deep_supervision": True if args.deep_supervision else None,
         "progress": False if args.no_progress else None,
     }
     saved = Path(args.out) / "config.json"

@@ -40,6 +40,10 @@ class ModelConfig:
         input_hw: Network input ``(height, width)``; both divisible by ``2**depth``.
         keep_aspect: Letterbox inputs (True) or squash them (False, as the reference).
         normalisation: How pixels are scaled; only ``"divide_255"`` ([0, 1]).
+        deep_supervision: In training, also predict the head from the coarser decoder
+            levels (a 1x1 convolution each, upsampled), whose losses are added with
+            weights 1/2, 1/4, 1/8 from fine to coarse. In evaluation the network
+            returns the full-resolution output only, as without it.
 
     """
 
@@ -49,6 +53,7 @@ class ModelConfig:
     input_hw: tuple[int, int] = (224, 224)
     keep_aspect: bool = True
     normalisation: str = "divide_255"
+    deep_supervision: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_hw", tuple(int(v) for v in self.input_hw))
@@ -131,10 +136,18 @@ class ResUNet(nn.Module):
             self.drop_up.append(nn.Dropout(p) if i >= d - 2 else nn.Identity())
             self.up_levels.append(Level(2 * widths[i], widths[i]))
         self.head = nn.Conv2d(widths[0], 1, 1)
+        # Deep supervision: one 1x1 head per decoder level but the last (coarse to fine).
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(widths[i], 1, 1) for i in reversed(range(1, d))
+        ) if self.config.deep_supervision else None  # fmt: skip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(N, 1, H, W)`` images in [0, 1] to ``(N, 1, H, W)`` logits."""
-        return self._levels(self.down[0][0](x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Map ``(N, 1, H, W)`` images in [0, 1] to ``(N, 1, H, W)`` logits.
+
+        In training with ``deep_supervision``, returns ``(logits, aux)``, ``aux`` the
+        coarser levels' logits upsampled to ``(N, 1, H, W)``, finest first.
+        """
+        return self._levels(self.down[0][0](x), aux=self.training)
 
     def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
         """As :meth:`forward`, with the convolutions after the first one in bfloat16.
@@ -155,19 +168,30 @@ class ResUNet(nn.Module):
         with torch.autocast(device, dtype=torch.bfloat16):
             return self._levels(stem).float()
 
-    def _levels(self, x: torch.Tensor) -> torch.Tensor:
+    def _levels(
+        self, x: torch.Tensor, aux: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """The network after the first convolution (whose output ``x`` is)."""
+        size = x.shape[-2:]
         skips = []
         for i, (level, drop) in enumerate(zip(self.down, self.drop_down, strict=True)):
             x = level.blocks(x) if i == 0 else level(x)
             skips.append(x)
             x = drop(self.pool(x))
         x = self.bridge(x)
+        decoded = []
         for up, drop, level, skip in zip(
             self.up, self.drop_up, self.up_levels, reversed(skips), strict=True
         ):
             x = level(drop(torch.cat([up(x), skip], dim=1)))
-        return self.head(x)
+            decoded.append(x)
+        if not (aux and self.aux_heads is not None):
+            return self.head(x)
+        coarse = [
+            nn.functional.interpolate(h(d), size=size, mode="bilinear", align_corners=False)
+            for h, d in zip(self.aux_heads, decoded[:-1], strict=True)
+        ]
+        return self.head(x), coarse[::-1]
 
 
 @torch.no_grad()

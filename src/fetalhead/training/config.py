@@ -56,6 +56,8 @@ class TrainConfig:
             inverse square root of their trimester's share (trimester from the reference
             HC by Hadlock), so that the rarer large third-trimester heads are seen more
             often. Off: every image once per epoch.
+        deep_supervision: Add losses on the coarser decoder levels (see
+            :class:`fetalhead.model.ModelConfig`).
         init_weights: Start from this checkpoint's weights (fine-tuning). Its
             architecture must match, and it must have been trained with the same
             validation files, so that no validation image was ever trained on.
@@ -88,6 +90,7 @@ class TrainConfig:
     data_note: str = ""
     balance_trimesters: bool = False
     init_weights: str | None = None
+    deep_supervision: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in ("dice", "dice_bce"):
@@ -117,6 +120,7 @@ class TrainConfig:
             dropout=self.dropout,
             input_hw=(self.image_h, self.image_w),
             keep_aspect=self.keep_aspect,
+            deep_supervision=self.deep_supervision,
         )
 
     @classmethod

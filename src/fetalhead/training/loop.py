@@ -247,8 +247,11 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float, float]:
         if device.type == "cpu" and use_amp:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=use_amp):
-            logits = run.ddp_model(x)
+            out = run.ddp_model(x)
+        logits, aux = out if isinstance(out, tuple) else (out, [])
         loss = compute_loss(logits.float(), y, cfg.loss)
+        for k, a in enumerate(aux):  # deep supervision, weights 1/2, 1/4, 1/8
+            loss = loss + 0.5 ** (k + 1) * compute_loss(a.float(), y, cfg.loss)
         run.opt.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.opt)
