@@ -65,6 +65,10 @@ class HeadMeasurer:
         threads: Torch CPU threads (``None``: torch's default).
         compile: Compile a torch backend with ``torch.compile`` (see :class:`TorchBackend`).
         weights_path: Where the checkpoint came from (recorded in the outputs).
+        reject_non_heads: Drop found regions that are not a foetal head in ultrasound
+            (:mod:`fetalhead.plausibility`; ``no_head_found``, no numbers).
+        interval_level: Coverage of the calibrated HC interval, one of the levels the
+            weights carry (0.8, 0.9 or 0.95 for the shipped ones).
 
     """
 
