@@ -53,14 +53,14 @@ LARGE_ERROR_MM = 5.0
 FLAG_LEVEL, FLAG_SHARE = 0.9, 0.10
 
 
-def per_image(data: str, runs: Path) -> list[dict]:
+def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
     cases = {c.image.name: c for c in find_cases(data)}
     rows = []
     for fold_dir in sorted(runs.glob("fold*")):
         maps = fold_dir / "heldout_maps.npz"
         if not maps.exists():
             continue
-        cached = fold_dir / "heldout_rows.json"
+        cached = fold_dir / f"heldout_rows_level{level:g}.json"
         if cached.exists() and cached.stat().st_mtime > maps.stat().st_mtime:
             rows += json.loads(cached.read_text())
             continue
@@ -87,7 +87,7 @@ def per_image(data: str, runs: Path) -> list[dict]:
                 ("flip", flipped.astype(np.float32)),
                 ("tta", 0.5 * (plain.astype(np.float32) + flipped.astype(np.float32))),
             ):
-                e, contour, conf, reasons = postprocess(prob, lb, "full")
+                e, contour, conf, reasons = postprocess(prob, lb, "full", level=level)
                 fits[variant] = (e, contour, conf, reasons)
                 if variant == "flip":
                     row["hc_flip_mm"] = e.perimeter * px if e else math.nan
@@ -287,9 +287,12 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--runs", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--level", type=float, default=0.9)
+    ap.add_argument("--level", type=float, default=0.9, help="interval coverage")
+    ap.add_argument(
+        "--boundary-level", type=float, default=0.5, help="iso-probability of the head boundary"
+    )
     args = ap.parse_args()
-    rows = per_image(args.data, args.runs)
+    rows = per_image(args.data, args.runs, args.boundary_level)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "per_image.csv", "w", newline="") as fh:
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))
@@ -300,7 +303,8 @@ def main() -> None:
     conf_md, conf = conformal_tables(rows, args.level)
     folds = sorted({r["fold"] for r in rows})
     text = (
-        f"# Cross-validation report ({len(rows)} held-out images, folds {folds})\n\n"
+        f"# Cross-validation report ({len(rows)} held-out images, folds {folds}; "
+        f"boundary at p = {args.boundary_level:g})\n\n"
         f"## Accuracy (mean, 95 % bootstrap interval over scan prefixes)\n\n{acc_md}\n\n"
         f"## HC intervals and qc\n\n{conf_md}\n"
     )

@@ -431,3 +431,16 @@ def test_shipped_weights_reproduce_the_reference_hc_of_labelled_images() -> None
         ref = MINI_REFERENCE_HC_MM[c.image.name]
         assert abs(r.hc_mm - ref) <= max(3.0, 0.04 * ref), (c.image.name, r.hc_mm, ref)
         assert r.bpd_mm < r.ofd_mm and r.qc == "ok"
+
+
+def test_weights_choose_the_boundary_level() -> None:
+    e = Ellipse(200, 135, 90, 70, 0.4)
+    hc = {}
+    for level in (0.5, 0.6):
+        ck = Checkpoint.from_model(ResUNet(TINY), {"inference": {"level": level}})
+        m = HeadMeasurer(ck, backend="torch", tta=False, reject_non_heads=False)
+        m.backend = OracleBackend([e], [(270, 400)], TINY)
+        hc[level] = m.measure(np.zeros((270, 400), np.uint8), 0.1).hc_mm
+        assert m.describe()["boundary_level"] == level
+    # A higher iso-level lies inside the soft edge of the map: a smaller head.
+    assert hc[0.6] < hc[0.5]

@@ -89,6 +89,8 @@ class HeadMeasurer:
         self.config = checkpoint.config
         recommended = checkpoint.meta.get("inference", {}).get("tta", False)
         self.tta = bool(recommended if tta is None else tta)
+        #: Iso-probability of the head boundary: as the weights recommend, else 0.5.
+        self.level = float(checkpoint.meta.get("inference", {}).get("level", 0.5))
         self.postprocess_method: PostprocessName = postprocess
         self.weights_path = weights_path
         #: What the measurer was asked for, to build equal ones (e.g. in worker processes).
@@ -178,7 +180,7 @@ class HeadMeasurer:
         px: float | None,
         name: str,
     ) -> Measurement:
-        e, contour, conf, reasons = postprocess(prob, lb, self.postprocess_method)
+        e, contour, conf, reasons = postprocess(prob, lb, self.postprocess_method, level=self.level)
         head_score = None
         if e is not None and contour is not None and conf is not None and self.rejector:
             head_score = self.rejector.score(head_features(image, e, contour, conf))
@@ -304,6 +306,7 @@ class HeadMeasurer:
             },
             "backend": self.backend_name,
             "tta": self.tta,
+            "boundary_level": self.level,
             "postprocess": self.postprocess_method,
             "data_note": meta.get("data_note"),
             "metrics": meta.get("metrics"),
