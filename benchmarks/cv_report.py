@@ -35,7 +35,7 @@ from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.postprocess import postprocess
 from fetalhead.readers import read_gray
-from fetalhead.uncertainty import fit_interval, interval_features
+from fetalhead.uncertainty import band_of, fit_interval, interval_features
 
 TRIMESTERS = ("first", "second", "third")
 #: Post-processing variants compared with the default (level 0.5, |grad p|^2 weights).
@@ -299,6 +299,9 @@ def main() -> None:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
+    for r in rows:  # the HC band each row's interval is calibrated in
+        if math.isfinite(r.get("plain_hc_mm", math.nan)):
+            r["band"] = band_of(r["plain_hc_mm"])
     acc_md, acc = accuracy_tables(rows)
     conf_md, conf = conformal_tables(rows, args.level)
     folds = sorted({r["fold"] for r in rows})

@@ -28,7 +28,7 @@ import numpy as np
 
 from fetalhead.model import Checkpoint
 from fetalhead.predict import DEFAULT_WEIGHTS
-from fetalhead.uncertainty import LEVELS, fit_interval
+from fetalhead.uncertainty import LEVELS, band_of, fit_interval
 
 #: TTA is recommended only if cross-validation shows at least this much less ADF (mm).
 TTA_MIN_GAIN_MM = 0.1
@@ -39,12 +39,22 @@ def main() -> None:
     ap.add_argument("runs", type=Path)
     ap.add_argument("report", type=Path)
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument(
+        "--boundary-level",
+        type=float,
+        default=0.5,
+        help="iso-probability of the head boundary the rows were measured at; stored as "
+        "the weights' inference level",
+    )
     args = ap.parse_args()
     rows = []
     folds = []
-    for f in sorted(args.runs.glob("fold*/heldout_rows.json")):
+    for f in sorted(args.runs.glob(f"fold*/heldout_rows_level{args.boundary_level:g}.json")):
         rows += json.loads(f.read_text())
         folds.append(f.parent.name)
+    for r in rows:  # the HC band each row's interval is calibrated in
+        if np.isfinite(r.get("plain_hc_mm", np.nan)):
+            r["band"] = band_of(r["plain_hc_mm"])
     report = json.loads(args.report.read_text())
     models = [fit_interval(rows, level) for level in LEVELS]
     m90 = models[LEVELS.index(0.9)]
@@ -69,6 +79,7 @@ def main() -> None:
         "tta_rule": f"on only if cross-validated ADF is at least {TTA_MIN_GAIN_MM} mm lower",
     }
     ck.meta.setdefault("inference", {})["tta"] = bool(tta_gain >= TTA_MIN_GAIN_MM)
+    ck.meta["inference"]["level"] = args.boundary_level
     ck.save(args.weights)
     print(
         f"wrote {args.weights}: q90 {m90.q:.4f} (b_fit {m90.b_fit}, b_border {m90.b_border}), "

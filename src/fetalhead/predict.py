@@ -190,10 +190,11 @@ class HeadMeasurer:
         half = None
         if e is not None and contour is not None and conf is not None:
             rms = float(np.sqrt(np.mean(_geometric_residuals(e, contour) ** 2)))
-            features = interval_features(e, rms, conf, "touches_border" in reasons)
-            if self.interval:
+            hc = e.perimeter * px if px is not None else None
+            features = interval_features(e, rms, conf, "touches_border" in reasons, hc)
+            if self.interval and hc is not None:
                 half = self.interval.scale(features)
-            if self.flag and px is not None and self.flag.flags(e.perimeter * px, features):
+            if self.flag and hc is not None and self.flag.flags(hc, features):
                 reasons.append("uncertain_hc")
         if px is None:
             reasons.append("no_pixel_size")

@@ -12,8 +12,11 @@ the field of view clips the head. Errors grow with head size, so the scale is
 relative; a ragged or clipped boundary widens it. With ``q`` the
 ``ceil((n + 1) * level) / n`` empirical quantile of the scores, the interval
 ``HC_pred * (1 -/+ q * u)`` covers the reference with probability at least
-``level`` for exchangeable data (Vovk et al. 2005; Lei et al. 2018). ``b_fit`` and
-``b_border`` are chosen on the calibration set, from a small grid, for the
+``level`` for exchangeable data (Vovk et al. 2005; Lei et al. 2018). The quantile
+is taken separately in each band of predicted HC (the trimester its Hadlock GA
+falls in: Mondrian conformal prediction), so that small first-trimester heads,
+whose relative errors are larger, are covered as often as the others. ``b_fit``
+and ``b_border`` are chosen on the calibration set, from a small grid, for the
 smallest mean width.
 """
 
@@ -26,6 +29,9 @@ from typing import Any
 import numpy as np
 
 from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.gestation import hadlock_1984, trimester
+
+BANDS = ("first", "second", "third")
 
 CONFORMAL_FEATURES = ("rel_rms", "border")
 _GRID_FIT = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -33,15 +39,25 @@ _GRID_BORDER = (0.0, 0.5, 1.0, 2.0)
 
 
 def interval_features(
-    ellipse: Ellipse, rms_px: float, confidence: float, touches_border: bool
-) -> dict[str, float]:
-    """The per-image difficulty the interval is scaled by."""
+    ellipse: Ellipse,
+    rms_px: float,
+    confidence: float,
+    touches_border: bool,
+    hc_mm: float | None = None,
+) -> dict[str, Any]:
+    """The per-image difficulty the interval is scaled by, and its HC band."""
     minor = max(min(ellipse.a, ellipse.b), 1.0)
     return {
         "rel_rms": max(rms_px / minor, 1e-6),
         "border": 1.0 if touches_border else 0.0,
         "confidence": float(confidence),
+        "band": band_of(hc_mm) if hc_mm is not None else None,
     }
+
+
+def band_of(hc_mm: float) -> str:
+    """The HC band of a predicted HC: the trimester of its Hadlock GA."""
+    return trimester(hadlock_1984(hc_mm).weeks)
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class IntervalModel:
 
     Attributes:
         level: Nominal coverage, e.g. 0.9.
-        q: Conformal quantile of the relative, scaled scores.
+        q: Conformal quantile of the relative, scaled scores, per HC band.
         r0: Calibration median of ``rel_rms``.
         b_fit: Weight of the boundary-fit term.
         b_border: Weight of the clipped-head term.
@@ -59,21 +75,21 @@ class IntervalModel:
     """
 
     level: float
-    q: float
+    q: dict[str, float]
     r0: float
     b_fit: float
     b_border: float
     n_calibration: int
 
     def scale(self, features: dict[str, Any]) -> float:
-        """``q * u``: the interval's relative half-width for an image."""
+        """``q * u``: the interval's relative half-width for an image of a band."""
         u = 1.0 + self.b_fit * max(0.0, math.log(float(features["rel_rms"]) / self.r0))
         u += self.b_border * float(features["border"])
-        return self.q * u
+        return self.q[features["band"]] * u
 
     def interval(self, hc_mm: float, features: dict[str, Any]) -> tuple[float, float]:
         """``(low, high)`` in mm."""
-        half = hc_mm * self.scale(features)
+        half = hc_mm * self.scale({**features, "band": band_of(hc_mm)})
         return hc_mm - half, hc_mm + half
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,15 +112,19 @@ def fit_interval(rows: list[dict[str, Any]], level: float = 0.9) -> IntervalMode
     """Calibrate on held-out rows with ``plain_hc_mm``, ``hc_ref_mm`` and the features.
 
     Raises:
-        ValueError: If fewer than 20 rows can be used or ``level`` is not in (0, 1).
+        ValueError: If a band has fewer than 20 usable rows or ``level`` is not in (0, 1).
 
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     use = [r for r in rows if math.isfinite(r.get("plain_hc_mm", math.nan)) and "rel_rms" in r]
-    if len(use) < 20:
-        raise ValueError(f"need at least 20 calibration images, got {len(use)}")
     hc = np.array([r["plain_hc_mm"] for r in use], float)
+    band = np.array([band_of(h) for h in hc])
+    for b in BANDS:
+        if (band == b).sum() < 20:
+            raise ValueError(
+                f"need at least 20 calibration images per HC band, got {(band == b).sum()} ({b})"
+            )
     err = np.abs(hc - np.array([r["hc_ref_mm"] for r in use], float))
     rel = np.array([r["rel_rms"] for r in use], float)
     border = np.array([r["border"] for r in use], float)
@@ -113,10 +133,10 @@ def fit_interval(rows: list[dict[str, Any]], level: float = 0.9) -> IntervalMode
     for bf in _GRID_FIT:
         for bb in _GRID_BORDER:
             u = 1.0 + bf * np.maximum(0.0, np.log(rel / r0)) + bb * border
-            q = _quantile(err / (hc * u), level)
-            candidates.append(
-                (float(np.mean(2 * q * u * hc)), IntervalModel(level, q, r0, bf, bb, len(use)))
-            )
+            scores = err / (hc * u)
+            q = {b: _quantile(scores[band == b], level) for b in BANDS}
+            width = float(np.mean(2 * np.array([q[b] for b in band]) * u * hc))
+            candidates.append((width, IntervalModel(level, q, r0, bf, bb, len(use))))
     # The narrowest on average; on ties the first (simplest) in grid order.
     return min(candidates, key=lambda c: c[0])[1]
 
