@@ -82,7 +82,7 @@ def main() -> None:
     ck.meta["inference"]["level"] = args.boundary_level
     ck.save(args.weights)
     print(
-        f"wrote {args.weights}: q90 {m90.q:.4f} (b_fit {m90.b_fit}, b_border {m90.b_border}), "
+        f"wrote {args.weights}: q90 {m90.q} (b_fit {m90.b_fit}, b_border {m90.b_border}), "
         f"qc limit {limit:.2f} mm, TTA gain {tta_gain:+.3f} mm -> tta {ck.meta['inference']['tta']}"
     )
 
