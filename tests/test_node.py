@@ -224,7 +224,7 @@ def test_a_real_head_reaches_orthanc_with_the_clis_hc(tmp_path, orthanc, measure
     assert rc == 0
     (row,) = list(csv.DictReader(open(tmp_path / "cli" / "predictions.csv")))
     assert float(row["hc_mm"]) > 100
-    assert hc_of(sr) == pytest.approx(float(row["hc_mm"]), rel=1e-6)
+    assert hc_of(sr) == pytest.approx(float(row["hc_mm"]), abs=1e-3)  # the CSV keeps 6 digits
 
 
 def test_stow_rs_forwarding(tmp_path, orthanc, measurer) -> None:
