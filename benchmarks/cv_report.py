@@ -30,7 +30,7 @@ import numpy as np
 
 from fetalhead.data import find_cases, label_ellipse
 from fetalhead.evaluate import ellipse_dice, hausdorff_ellipses
-from fetalhead.geometry.ellipse import _geometric_residuals
+from fetalhead.geometry.ellipse import boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.postprocess import postprocess
@@ -110,7 +110,7 @@ def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
                 row[f"{variant}_df_mm"] = ev.perimeter * px - case.hc_mm if ev else math.nan
             e, contour, conf, reasons = fits["plain"]
             if e is not None and contour is not None and conf is not None:
-                rms = float(np.sqrt(np.mean(_geometric_residuals(e, contour) ** 2)))
+                rms = boundary_rms(e, contour)
                 row |= interval_features(e, rms, conf, "touches_border" in reasons)
             rows.append(row)
         cached.write_text(json.dumps(rows[start:]))

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from fetalhead.geometry.ellipse import Ellipse, render_ellipse_mask
+from fetalhead.geometry.ellipse import Ellipse, boundary_rms, render_ellipse_mask
 
 #: Feature names, in the order the model's coefficients use.
 FEATURES = ("confidence", "log_fit_residual", "speckle", "flat_fraction", "gray_levels")
@@ -38,6 +38,7 @@ def head_features(
     ellipse: Ellipse,
     contour: NDArray[np.float64],
     confidence: float,
+    rms_px: float | None = None,
 ) -> dict[str, float]:
     """Scale-free features of a found head, from the image and the fit.
 
@@ -46,6 +47,8 @@ def head_features(
         ellipse: The fitted ellipse (original pixels).
         contour: The boundary points the ellipse was fitted to.
         confidence: Mean head probability inside the head.
+        rms_px: :func:`~fetalhead.geometry.ellipse.boundary_rms` of ``contour``, if the
+            caller has it already.
 
     Returns:
         ``confidence``; ``log_fit_residual`` (log of the RMS distance of the
@@ -54,12 +57,9 @@ def head_features(
         level, clipped to 0.3: ultrasound is speckled, drawings are not);
         ``flat_fraction`` (share of pixels inside the head whose 3 x 3
         neighbourhood is constant); and ``gray_levels`` (distinct values inside the
-        head / 256). Features are clipped so that the linear model never
-        extrapolates far outside the range it was fitted on.
+        head / 256). Features are clipped to the range the envelope was fitted on.
 
     """
-    from fetalhead.geometry.ellipse import _geometric_residuals
-
     img = image.astype(np.float32)
     h, w = img.shape
     minor = max(min(ellipse.a, ellipse.b), 1.0)
@@ -71,8 +71,9 @@ def head_features(
     kernel = np.ones((3, 3), np.uint8)
     flat = cv2.dilate(image, kernel) == cv2.erode(image, kernel)
     inside = img[inner]
-    residuals = _geometric_residuals(ellipse, contour) if len(contour) else np.array([minor])
-    rms = float(np.sqrt(np.mean(residuals**2)))
+    rms = boundary_rms(ellipse, contour) if rms_px is None else rms_px
+    if not math.isfinite(rms):
+        rms = minor
     return {
         "confidence": float(confidence),
         "log_fit_residual": min(max(math.log(max(rms, 1e-6) / minor), -6.0), 1.0),

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fetalhead.geometry.ellipse import _geometric_residuals
+from fetalhead.geometry.ellipse import boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.image import InputError, LoadedImage, to_uint8_gray
 from fetalhead.infer.backends import BackendName, make_backend, preprocess
@@ -181,21 +181,22 @@ class HeadMeasurer:
         name: str,
     ) -> Measurement:
         e, contour, conf, reasons = postprocess(prob, lb, self.postprocess_method, level=self.level)
-        head_score = None
-        if e is not None and contour is not None and conf is not None and self.rejector:
-            head_score = self.rejector.score(head_features(image, e, contour, conf))
-            if head_score <= 0.0:
+        head_score = half = None
+        if e is not None and contour is not None and conf is not None:
+            # One boundary residual serves the non-head check and the interval.
+            rms = boundary_rms(e, contour)
+            if self.rejector:
+                head_score = self.rejector.score(head_features(image, e, contour, conf, rms))
+            if head_score is not None and head_score <= 0.0:
                 # Not a foetal head in ultrasound: no ellipse, no measures.
                 e, contour, reasons = None, None, ["no_head_found"]
-        half = None
-        if e is not None and contour is not None and conf is not None:
-            rms = float(np.sqrt(np.mean(_geometric_residuals(e, contour) ** 2)))
-            hc = e.perimeter * px if px is not None else None
-            features = interval_features(e, rms, conf, "touches_border" in reasons, hc)
-            if self.interval and hc is not None:
-                half = self.interval.scale(features)
-            if self.flag and hc is not None and self.flag.flags(hc, features):
-                reasons.append("uncertain_hc")
+            else:
+                hc = e.perimeter * px if px is not None else None
+                features = interval_features(e, rms, conf, "touches_border" in reasons, hc)
+                if self.interval and hc is not None:
+                    half = self.interval.scale(features)
+                if self.flag and hc is not None and self.flag.flags(hc, features):
+                    reasons.append("uncertain_hc")
         if px is None:
             reasons.append("no_pixel_size")
         return Measurement(

@@ -187,6 +187,13 @@ def _geometric_residuals(e: Ellipse, points: NDArray[np.float64]) -> NDArray[np.
     return np.abs(f) / np.maximum(np.hypot(gx, gy), 1e-12)
 
 
+def boundary_rms(e: Ellipse, points: NDArray[np.float64]) -> float:
+    """RMS distance (pixels) of boundary points from an ellipse, unweighted; nan if none."""
+    if len(points) == 0:
+        return math.nan
+    return float(np.sqrt(np.mean(_geometric_residuals(e, points) ** 2)))
+
+
 def fit_ellipse(
     points: NDArray[np.floating],
     *,
