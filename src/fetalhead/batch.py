@@ -264,9 +264,10 @@ def run_batch(
     pred_path = out / "predictions.csv"
     if opts.overwrite and not opts.resume and pred_path.exists():
         pred_path.unlink()
-    done = completed_files(read_predictions(pred_path)) if opts.resume else set()
-    if opts.resume and pred_path.exists():
-        dropped = keep_only_files(pred_path, done)
+    earlier = read_predictions(pred_path) if opts.resume else []
+    done = completed_files(earlier)
+    if earlier:
+        dropped = keep_only_files(pred_path, earlier, done)
         if dropped:
             logger.warning(
                 "resuming: %d rows of files with missing frames dropped; they are redone", dropped

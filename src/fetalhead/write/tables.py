@@ -43,26 +43,21 @@ class RowWriter:
         if new:
             self._write(columns)
 
-    def _write(self, values: list[Any]) -> None:
+    def _write(self, *lines: list[Any]) -> None:
+        """Append lines in a single write, flushed and synced."""
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(values)
+        csv.writer(buf, lineterminator="\n").writerows(lines)
         self.fh.write(buf.getvalue())
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one row."""
-        self._write([_fmt(row.get(c)) for c in self.columns])
+        self.write_many([row])
 
     def write_many(self, rows: list[dict[str, Any]]) -> None:
         """Append several rows (all frames of one file) in a single write."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        for row in rows:
-            w.writerow([_fmt(row.get(c)) for c in self.columns])
-        self.fh.write(buf.getvalue())
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        self._write(*([_fmt(row.get(c)) for c in self.columns] for row in rows))
 
     def close(self) -> None:
         self.fh.close()
@@ -112,20 +107,18 @@ def completed_files(rows: list[dict[str, str]]) -> set[str]:
     return done
 
 
-def keep_only_files(path: Path, names: set[str]) -> int:
-    """Rewrite a predictions table keeping only the rows of ``names``.
+def keep_only_files(path: Path, rows: list[dict[str, str]], names: set[str]) -> int:
+    """Rewrite a predictions table, already read as ``rows``, keeping the rows of ``names``.
 
     Returns:
         The number of rows dropped.
 
     """
-    rows = read_predictions(path)
     kept = [r for r in rows if r["filename"] in names]
-    if len(kept) == len(rows) and path.read_bytes().endswith(b"\n"):
-        return 0
+    if len(kept) == len(rows):
+        return 0  # (a torn last line is cut by RowWriter when it opens the table)
     with atomic_writer(path) as fh:
-        header = next(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
-        w = csv.DictWriter(fh, fieldnames=header, lineterminator="\n")
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(kept)
     return len(rows) - len(kept)
