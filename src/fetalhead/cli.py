@@ -359,6 +359,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_destination(p: argparse.ArgumentParser, what: str) -> None:
+    """--forward or --stow-url: where DICOM reports go."""
+    dest = p.add_mutually_exclusive_group()
+    dest.add_argument("--forward", metavar="HOST:PORT:AET", help=f"send {what} by C-STORE here")
+    dest.add_argument("--stow-url", metavar="URL", help="or by STOW-RS to this DICOMweb base")
+
+
 def _add_node(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "node",
@@ -371,9 +378,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--port", type=int, default=11112)
     p.add_argument("--spool", default="fetalhead-spool", help="spool folder (default %(default)s)")
-    dest = p.add_mutually_exclusive_group()
-    dest.add_argument("--forward", metavar="HOST:PORT:AET", help="send SRs by C-STORE here")
-    dest.add_argument("--stow-url", metavar="URL", help="send SRs by STOW-RS to this DICOMweb base")
+    _add_destination(p, "the SR of every received frame")
     p.add_argument(
         "--allow-aet", action="append", default=[], metavar="AET",
         help="accept only these calling AE titles (repeatable; default: any)",
@@ -437,11 +442,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped weights)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
-    dest = p.add_mutually_exclusive_group()
-    dest.add_argument(
-        "--forward", metavar="HOST:PORT:AET", help="send the SR of each accepted review by C-STORE"
-    )
-    dest.add_argument("--stow-url", metavar="URL", help="or by STOW-RS to this DICOMweb base")
+    _add_destination(p, "the SR of each accepted review")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -107,25 +107,21 @@ class Measurement:
         """Head circumference (Ramanujan perimeter of the ellipse) in mm."""
         return self._mm(self.ellipse.perimeter) if self.ellipse else None
 
+    def _hc_bound(self, sign: int) -> float | None:
+        hc = self.hc_mm
+        if hc is None or self.hc_rel_halfwidth is None:
+            return None
+        return hc * (1 + sign * self.hc_rel_halfwidth)
+
     @property
     def hc_low_mm(self) -> float | None:
         """Lower end of the calibrated HC interval, in mm."""
-        hc = self.hc_mm
-        return (
-            None
-            if hc is None or self.hc_rel_halfwidth is None
-            else hc * (1 - self.hc_rel_halfwidth)
-        )
+        return self._hc_bound(-1)
 
     @property
     def hc_high_mm(self) -> float | None:
         """Upper end of the calibrated HC interval, in mm."""
-        hc = self.hc_mm
-        return (
-            None
-            if hc is None or self.hc_rel_halfwidth is None
-            else hc * (1 + self.hc_rel_halfwidth)
-        )
+        return self._hc_bound(+1)
 
     @property
     def bpd_mm(self) -> float | None:
