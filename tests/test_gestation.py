@@ -2,7 +2,12 @@ import math
 
 import pytest
 
-from fetalhead.gestation import format_weeks_days, hadlock_1984, intergrowth_21st
+from fetalhead.gestation import (
+    format_weeks_days,
+    hadlock_2sd_range,
+    hadlock_1984,
+    intergrowth_21st,
+)
 
 
 def test_intergrowth_worked_example() -> None:
@@ -70,3 +75,28 @@ def test_weeks_days(weeks: float, text: str) -> None:
 def test_estimates_carry_weeks_days() -> None:
     # 250 mm by Hadlock: 27.1475 weeks = 190.03 days = 27 weeks 1 day.
     assert hadlock_1984(250.0).weeks_days == "27w1d"
+
+
+def test_hadlock_2sd_range_worked_example() -> None:
+    # HC 200 and 210 mm: Hadlock GA 22.16 and 8.96 + 11.34 + 0.0003 * 9261 = 23.0783 weeks;
+    # 8 % below the first and above the second: 20.3872 and 24.924564 weeks.
+    low, high = hadlock_2sd_range(200.0, 210.0)
+    assert low == pytest.approx(20.3872, abs=1e-9)
+    assert high == pytest.approx(24.924564, abs=1e-9)
+    # The population spread alone at HC 300 mm (33.26 weeks): 30.5992 to 35.9208 weeks.
+    assert hadlock_2sd_range(300.0, 300.0) == pytest.approx((30.5992, 35.9208), abs=1e-9)
+
+
+# Mean HC (cm) by menstrual age, "from Hadlock (1984)", as tabulated at
+# http://www.medicalalgorithms.com/head-circumference (rows 16, 20, 24, 30, 36, 40 weeks).
+HADLOCK_TABLE = [(16.0, 12.4), (20.0, 17.7), (24.0, 22.4), (30.0, 28.4), (36.0, 32.8), (40.0, 34.6)]
+
+
+@pytest.mark.parametrize(("weeks", "hc_cm"), HADLOCK_TABLE)
+def test_hadlock_formula_dates_the_published_mean_heads_within_2sd(weeks, hc_cm) -> None:
+    # The formula predicts GA from HC; the table gives the mean HC at a GA. The two
+    # regressions differ (most in the third trimester), but the formula's GA for the
+    # table's mean head must lie inside the population's +/-2 SD of the true age.
+    low, high = hadlock_2sd_range(hc_cm * 10.0, hc_cm * 10.0)
+    assert low <= weeks <= high
+    assert abs(hadlock_1984(hc_cm * 10.0).weeks - weeks) < 0.08 * weeks

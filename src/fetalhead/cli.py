@@ -232,19 +232,29 @@ def _print_table(rows: list[dict]) -> None:
     def f(v: object, spec: str = ".1f") -> str:
         return format(v, spec) if isinstance(v, float) else "-"
 
-    header = f"{'file':<28} {'HC mm':>7} {'BPD mm':>7} {'OFD mm':>7} {'GA':>7}  qc"
+    header = f"{'file':<28} {'HC mm':>7} {'BPD mm':>7} {'OFD mm':>7} {'GA':>7} {'GA range':>13}  qc"
     print(header)
     print("-" * len(header))
     for r in rows[:200]:
         name = r["filename"] if r.get("frame") is None else f"{r['filename']}[{r['frame']}]"
         weeks = r.get("ga_weeks_hadlock")
         ga = format_weeks_days(weeks) if isinstance(weeks, float) else "-"
+        lo, hi = r.get("ga_weeks_hadlock_2sd_low"), r.get("ga_weeks_hadlock_2sd_high")
+        span = (
+            f"{format_weeks_days(lo)}-{format_weeks_days(hi)}"
+            if isinstance(lo, float) and isinstance(hi, float)
+            else "-"
+        )
         print(
             f"{name[-28:]:<28} {f(r['hc_mm']):>7} {f(r['bpd_mm']):>7} {f(r['ofd_mm']):>7} "
-            f"{ga:>7}  {r['qc']}"
+            f"{ga:>7} {span:>13}  {r['qc']}"
         )
     if len(rows) > 200:
         print(f"... {len(rows) - 200} more rows in predictions.csv")
+    print(
+        "GA: Hadlock 1984. GA range: the HC interval widened by the population's "
+        "+/-8 % (2 SD) at a given HC; see the README."
+    )
 
 
 def _measurer(args: argparse.Namespace):

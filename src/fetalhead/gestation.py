@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["GAEstimate", "format_weeks_days", "hadlock_1984", "intergrowth_21st"]
+__all__ = [
+    "GAEstimate",
+    "format_weeks_days",
+    "hadlock_2sd_range",
+    "hadlock_1984",
+    "intergrowth_21st",
+]
 
 #: Hadlock et al. 1984 (Radiology 152:497-501) derived its formulas on foetuses
 #: of 14 to 42 weeks.
@@ -18,6 +24,13 @@ HADLOCK_RANGE_WEEKS = (14.0, 42.0)
 #: INTERGROWTH-21st HC dating (Papageorghiou et al., Ultrasound Obstet Gynecol
 #: 2016;48:719-726) covers 14+0 to 40+6 weeks.
 INTERGROWTH_RANGE_WEEKS = (14.0, 40.0 + 6.0 / 7.0)
+#: Population variability of menstrual age estimated from HC in the second and third
+#: trimesters: +/-8 % of the estimate (2 SD), from the table "Methods for determining
+#: menstrual age" (adapted from F. P. Hadlock and J. D. Bowie) as reproduced at
+#: https://radiologykey.com/measurements-frequently-used-to-estimate-gestational-age-and-fetal-biometry/
+#: A secondary source: the banded +/-2 SD table of Hadlock et al. (AJR 1982;138:649-653)
+#: could not be checked here, so it is not used.
+HADLOCK_2SD_FRACTION = 0.08
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,22 @@ def hadlock_1984(hc_mm: float) -> GAEstimate:
         return _estimate(float("nan"), "hadlock_1984", HADLOCK_RANGE_WEEKS)
     hc = hc_mm / 10.0
     return _estimate(8.96 + 0.540 * hc + 0.0003 * hc**3, "hadlock_1984", HADLOCK_RANGE_WEEKS)
+
+
+def hadlock_2sd_range(hc_low_mm: float, hc_high_mm: float) -> tuple[float, float]:
+    """GA range (weeks) for an HC interval, with Hadlock's population variability.
+
+    The HC interval is the measurement's uncertainty; at any HC, the population's
+    GA spreads by +/-8 % of the estimate (2 SD, :data:`HADLOCK_2SD_FRACTION`). The
+    range runs from 8 % below the GA of the interval's lower end to 8 % above the
+    GA of its upper end, so it holds both errors at their extremes. Pass the same
+    HC twice for the population spread alone.
+
+    Example: HC 200 to 210 mm gives Hadlock GA 22.16 and 23.08 weeks, so the range
+    is 0.92 * 22.16 = 20.39 to 1.08 * 23.08 = 24.92 weeks.
+    """
+    low, high = hadlock_1984(hc_low_mm).weeks, hadlock_1984(hc_high_mm).weeks
+    return low * (1.0 - HADLOCK_2SD_FRACTION), high * (1.0 + HADLOCK_2SD_FRACTION)
 
 
 def intergrowth_21st(hc_mm: float) -> GAEstimate:

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.geometry.letterbox import Letterbox
-from fetalhead.gestation import GAEstimate, hadlock_1984, intergrowth_21st
+from fetalhead.gestation import GAEstimate, hadlock_2sd_range, hadlock_1984, intergrowth_21st
 
 
 @dataclass
@@ -140,6 +140,18 @@ class Measurement:
         return hadlock_1984(hc) if hc is not None else None
 
     @property
+    def ga_hadlock_2sd(self) -> tuple[float, float] | None:
+        """Hadlock GA range (weeks): the HC interval with the population's +/-2 SD.
+
+        Without a calibrated interval, the population spread at the HC alone.
+        """
+        hc = self.hc_mm
+        if hc is None:
+            return None
+        lo, hi = self.hc_low_mm, self.hc_high_mm
+        return hadlock_2sd_range(lo if lo is not None else hc, hi if hi is not None else hc)
+
+    @property
     def ga_intergrowth(self) -> GAEstimate | None:
         """Gestational age by INTERGROWTH-21st."""
         hc = self.hc_mm
@@ -189,6 +201,10 @@ class Measurement:
             for name, fn in (("hadlock", hadlock_1984), ("intergrowth", intergrowth_21st))
             for end, hc in (("low", lo), ("high", hi))
         }
+        # Both: the HC interval (or HC alone, uncalibrated) widened by Hadlock's +/-2 SD.
+        spread = self.ga_hadlock_2sd
+        ga_range["ga_weeks_hadlock_2sd_low"] = spread[0] if spread else None
+        ga_range["ga_weeks_hadlock_2sd_high"] = spread[1] if spread else None
         row.update(
             {
                 "hc_mm": self.hc_mm,

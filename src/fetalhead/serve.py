@@ -172,6 +172,8 @@ def _result_json(m: Measurement, rid: str, model_version: str, level: float) -> 
             for g, key in ((gh, "hadlock"), (gi, "intergrowth"))
             if g is not None
         },
+        # Hadlock GA with the population's +/-2 SD at a given HC, around the HC interval.
+        "ga_hadlock_2sd_weeks": list(m.ga_hadlock_2sd) if m.ga_hadlock_2sd else None,
         "head_score": m.head_score,
         "pixel_size_mm": m.pixel_size_mm,
         "pixel_size_source": m.pixel_size_source,

@@ -99,7 +99,7 @@
     const items = [
       ["HC", hc === null ? "–" : `${fmt(hc)} mm${interval}`],
       ["BPD", `${fmt(bpd)} mm`], ["OFD", `${fmt(ofd)} mm`],
-      ["GA (Hadlock 1984)", hc === null ? "–" : weeksDays(hadlock(hc))],
+      ["GA (Hadlock 1984)", hc === null ? "–" : weeksDays(hadlock(hc)) + gaSpread(d)],
       ["GA (INTERGROWTH-21st)", hc === null ? "–" : weeksDays(intergrowth(hc))],
       ["Values", edited() ? "edited" : "AI"],
       ["Pixel size", `${fmt(px, 4)} mm (${d.pixel_size_source})`],
@@ -111,6 +111,12 @@
       if (k === "HC") dd.id = "hc-value";
       return [dt, dd];
     }));
+  }
+
+  // The AI's Hadlock range (HC interval with the population's +/-2 SD); not for edits.
+  function gaSpread(d) {
+    const r = d.ga_hadlock_2sd_weeks;
+    return r && !edited() ? ` (${weeksDays(r[0])}–${weeksDays(r[1])}, ±2 SD)` : "";
   }
 
   function edited() {

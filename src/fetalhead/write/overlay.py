@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.gestation import format_weeks_days
 from fetalhead.measure import Measurement
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
@@ -87,7 +88,11 @@ def draw_overlay(
         ga = m.ga_hadlock
         if ga is not None:
             flag = "" if ga.in_range else " (out of range)"
-            lines.append(f"GA {ga.weeks_days} (Hadlock){flag}")
+            spread = m.ga_hadlock_2sd
+            span = ""
+            if spread:
+                span = f" ({format_weeks_days(spread[0])}-{format_weeks_days(spread[1])})"
+            lines.append(f"GA {ga.weeks_days}{span} (Hadlock){flag}")
     lines.append(f"qc: {m.qc}")
     y = 22 * scale
     for text in lines:
