@@ -6,8 +6,14 @@ checkpoint's ``meta``:
 
 - ``calibration.hc_interval``: split-conformal HC intervals at 80, 90 and 95 %,
   calibrated on every held-out image of the folds;
-- ``calibration.qc_flag``: the ``uncertain_hc`` limit, the 90th percentile of those
-  images' 90 % half-widths in mm (so that about 10 % are flagged);
+- ``calibration.qc_flag``: the ``uncertain_hc`` flag, a logistic regression of
+  "|HC error| > 5 mm" on the difficulty scores, fitted to those images
+  (:class:`fetalhead.uncertainty.FlagModel`). Its threshold is then set on these
+  weights' own scores: the fold models' maps are blurrier than the shipped
+  model's, so a threshold cut on their scores flags far fewer of its images. With
+  ``--threshold-images`` it is the 90th percentile of the shipped model's scores
+  on those images (no labels are read), so that about 10 % of such images are
+  flagged; without it, the 90th percentile of the folds' scores;
 - ``cross_validation``: the folds' accuracy and the paired TTA difference, which
   decide ``inference.tta`` (on only if TTA lowered ADF by at least 0.1 mm).
 
@@ -21,17 +27,33 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
 from fetalhead.model import Checkpoint
-from fetalhead.predict import DEFAULT_WEIGHTS
-from fetalhead.uncertainty import LEVELS, band_of, fit_interval
+from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
+from fetalhead.readers.tables import read_pixel_size_csv
+from fetalhead.uncertainty import LEVELS, band_of, fit_flag, fit_interval
 
 #: TTA is recommended only if cross-validation shows at least this much less ADF (mm).
 TTA_MIN_GAIN_MM = 0.1
+#: Share of images the qc flag is set to flag.
+FLAG_SHARE = 0.1
+
+
+def shipped_scores(ck: Checkpoint, folder: Path, pixel_csv: Path) -> list[float]:
+    """The weights' flag scores on the images of ``folder`` (no labels read)."""
+    table = read_pixel_size_csv(pixel_csv)
+    measurer = HeadMeasurer(ck, backend="torch", tta=False)
+    scores = []
+    for name, px in sorted(table.pixel_size_mm.items()):
+        m = measurer.measure(folder / name, px)
+        if m.flag_score is not None:
+            scores.append(m.flag_score)
+    return scores
 
 
 def main() -> None:
@@ -42,11 +64,19 @@ def main() -> None:
     ap.add_argument(
         "--boundary-level",
         type=float,
-        default=0.5,
+        default=0.6,
         help="iso-probability of the head boundary the rows were measured at; stored as "
         "the weights' inference level",
     )
+    ap.add_argument(
+        "--threshold-images",
+        type=Path,
+        help="unlabelled images on whose scores the flag's threshold is set",
+    )
+    ap.add_argument("--threshold-pixel-size-csv", type=Path)
     args = ap.parse_args()
+    if (args.threshold_images is None) != (args.threshold_pixel_size_csv is None):
+        ap.error("--threshold-images and --threshold-pixel-size-csv go together")
     rows = []
     folds = []
     for f in sorted(args.runs.glob(f"fold*/heldout_rows_level{args.boundary_level:g}.json")):
@@ -59,12 +89,12 @@ def main() -> None:
     models = [fit_interval(rows, level) for level in LEVELS]
     m90 = models[LEVELS.index(0.9)]
     ok = [r for r in rows if "rel_rms" in r and np.isfinite(r.get("plain_hc_mm", np.nan))]
-    limit = float(np.quantile([m90.scale(r) * r["plain_hc_mm"] for r in ok], 0.9))
+    flag = fit_flag(ok, share=FLAG_SHARE)
     tta_gain = -report["accuracy"]["tta_minus_plain_adf_mm"][0]
     ck = Checkpoint.load(args.weights)
     ck.meta["calibration"] = {
         "hc_interval": [m.to_dict() for m in models],
-        "qc_flag": {"level": 0.9, "max_halfwidth_mm": round(limit, 3)},
+        "qc_flag": flag.to_dict(),
         "calibrated_on": (
             f"{len(ok)} held-out images of {len(folds)} cross-validation folds by scan prefix "
             f"({', '.join(folds)}; configs/cv5_resunet16.yaml, models trained on the other "
@@ -80,10 +110,19 @@ def main() -> None:
     }
     ck.meta.setdefault("inference", {})["tta"] = bool(tta_gain >= TTA_MIN_GAIN_MM)
     ck.meta["inference"]["level"] = args.boundary_level
+    if args.threshold_images:
+        scores = shipped_scores(ck, args.threshold_images, args.threshold_pixel_size_csv)
+        flag = dataclasses.replace(flag, threshold=float(np.quantile(scores, 1.0 - FLAG_SHARE)))
+        ck.meta["calibration"]["qc_flag"] = flag.to_dict()
+        ck.meta["calibration"]["qc_flag_threshold_set_on"] = (
+            f"these weights' scores on {len(scores)} unlabelled images of "
+            f"{args.threshold_images} (the {1 - FLAG_SHARE:.0%} quantile)"
+        )
     ck.save(args.weights)
     print(
         f"wrote {args.weights}: q90 {m90.q} (b_fit {m90.b_fit}, b_border {m90.b_border}), "
-        f"qc limit {limit:.2f} mm, TTA gain {tta_gain:+.3f} mm -> tta {ck.meta['inference']['tta']}"
+        f"qc flag threshold {flag.threshold:.2f}, "
+        f"TTA gain {tta_gain:+.3f} mm -> tta {ck.meta['inference']['tta']}"
     )
 
 

@@ -7,7 +7,17 @@ from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.gestation import hadlock_1984
 from fetalhead.model import Checkpoint, ResUNet
 from fetalhead.predict import HeadMeasurer
-from fetalhead.uncertainty import IntervalModel, fit_interval, interval_features, interval_model
+from fetalhead.uncertainty import (
+    FLAG_INPUTS,
+    FlagModel,
+    IntervalModel,
+    fit_flag,
+    fit_interval,
+    flag_model,
+    interval_features,
+    interval_model,
+    profile_features,
+)
 
 #: A predicted HC in each band: 80 mm (13.4 weeks by Hadlock: first trimester), 200 mm
 #: (22.2 weeks: second), 300 mm (33.3 weeks: third).
@@ -110,7 +120,8 @@ def test_measurement_carries_its_interval(tmp_path) -> None:
     )
     m = HeadMeasurer(ck, backend="torch", tta=False, reject_non_heads=False)
     m.backend = RingBackend()
-    r = m.measure(synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))[0], 0.1)
+    # Semi-axes 80 and 60 px at 0.4 mm: HC about 177 mm, GA about 20 weeks.
+    r = m.measure(synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))[0], 0.4)
     assert r.hc_low_mm == pytest.approx(r.hc_mm * 0.96)
     assert r.hc_high_mm == pytest.approx(r.hc_mm * 1.04)
     row = r.to_row()
@@ -118,6 +129,13 @@ def test_measurement_carries_its_interval(tmp_path) -> None:
     # GA at the interval's ends: Hadlock's formula rises with HC.
     assert row["ga_weeks_hadlock_low"] < row["ga_weeks_hadlock"] < row["ga_weeks_hadlock_high"]
     assert row["ga_weeks_hadlock_low"] == hadlock_1984(row["hc_low_mm"]).weeks
+    # With the population's +/-8 % (2 SD) at each end.
+    assert row["ga_weeks_hadlock_2sd_low"] == pytest.approx(0.92 * row["ga_weeks_hadlock_low"])
+    assert row["ga_weeks_hadlock_2sd_high"] == pytest.approx(1.08 * row["ga_weeks_hadlock_high"])
+    # At 0.1 mm the same head is 44 mm, about 11 weeks: outside Hadlock's 14-42 weeks,
+    # where no population spread was reported, so none is given.
+    small = m.measure(synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))[0], 0.1).to_row()
+    assert small["ga_hadlock_in_range"] is False and small["ga_weeks_hadlock_2sd_low"] is None
 
 
 def test_interval_features() -> None:
@@ -128,24 +146,123 @@ def test_interval_features() -> None:
     )
 
 
-def test_wide_intervals_are_flagged_for_review() -> None:
+def radial_map(e: Ellipse, shape, profile) -> np.ndarray:
+    """A map whose value depends only on the normalised ellipse radius r of each pixel."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+    ca, sa = math.cos(e.angle), math.sin(e.angle)
+    u = (ca * (xx - e.cx) + sa * (yy - e.cy)) / e.a
+    v = (-sa * (xx - e.cx) + ca * (yy - e.cy)) / e.b
+    return profile(np.hypot(u, v)).astype(np.float32)
+
+
+def test_profile_features_of_a_crisp_head() -> None:
+    e = Ellipse(150, 100, 90, 60, 0.4)
+    crisp = radial_map(e, (200, 300), lambda r: (r <= 1.0).astype(float))
+    f = profile_features(crisp, (1.0, 1.0), e, 0.6)
+    # The map drops from 1 to 0 within one radial step (0.01) of the ellipse: no blur
+    # beyond the pixel grid, no hole, no spill, every ray crosses at the ellipse.
+    assert f["blur"] <= 0.02
+    assert f["hole"] == 0.0 and f["spill"] == 0.0 and f["unsupported"] == 0.0
+
+
+def test_profile_features_of_a_ramp_written_out() -> None:
+    # p(r) = 0.5 - (r - 1) / 0.4, clipped to [0, 1]: p = 0.9 at r = 0.84 and p = 0.2
+    # at r = 1.12, so the transition is 0.28 of the radius wide. Inside, 1 - p is 0 up
+    # to r = 0.8 and 0.025 * k at r = 0.8 + 0.01 k (k = 1..9): over the 29 radii
+    # 0.61..0.89 the mean is 0.025 * 45 / 29 = 0.0388. Outside, p at 1.11..1.29 is
+    # 0.225, 0.2, ..., 0 (then 0): sum 0.025 * (9 + 8 + ... + 1) = 1.125 over 19 radii.
+    # The map is given at half resolution (scale 0.5), as the network's is.
+    e = Ellipse(300, 200, 180, 120, 0.0)
+    half = Ellipse(149.75, 99.75, 90, 60, 0.0)
+    ramp = radial_map(half, (200, 300), lambda r: np.clip(0.5 - (r - 1.0) / 0.4, 0.0, 1.0))
+    f = profile_features(ramp, (0.5, 0.5), e, 0.6)
+    assert f["blur"] == pytest.approx(0.28, abs=0.015)
+    assert f["hole"] == pytest.approx(0.025 * 45 / 29, abs=0.005)
+    assert f["spill"] == pytest.approx(1.125 / 19, abs=0.005)
+    assert f["unsupported"] == 0.0
+
+
+def test_profile_features_see_a_missing_wall() -> None:
+    # The map shows only the half of the ellipse with x > cx: the rays on the other
+    # side find no boundary, half of them.
+    e = Ellipse(150, 100, 90, 60, 0.0)
+    half = radial_map(e, (200, 300), lambda r: (r <= 1.0).astype(float))
+    half[:, :150] = 0.0
+    assert profile_features(half, (1.0, 1.0), e, 0.6)["unsupported"] == pytest.approx(0.5, abs=0.02)
+
+
+def flag_rows(n: int = 200) -> list[dict]:
+    """Rows that differ only in blur; the 20 blurriest have a 8 mm error, the rest 1 mm."""
+    rows = []
+    for i in range(n):
+        large = i >= n - 20
+        rows.append(
+            {
+                "plain_hc_mm": 200.0,
+                "hc_ref_mm": 200.0 - (8.0 if large else 1.0),
+                "rel_rms": 0.02,
+                "border": 0.0,
+                "confidence": 0.97,
+                "blur": 0.05 + 0.001 * i,
+                "hole": 0.01,
+                "spill": 0.02,
+                "unsupported": 0.0,
+            }
+        )
+    return rows
+
+
+def test_flag_fit_flags_the_share_with_the_large_errors() -> None:
+    rows = flag_rows()
+    flag = fit_flag(rows, share=0.1)
+    flagged = [flag.flags(r["plain_hc_mm"], r) for r in rows]
+    # Blur alone separates them, so the flagged 10 % are exactly the 20 large errors.
+    assert flagged == [False] * 180 + [True] * 20
+    assert flag.n_calibration == 200 and flag.share == 0.1
+    # Every row has HC 200 mm: any other HC is outside what the flag has seen.
+    assert flag.hc_range_mm == (200.0, 200.0)
+    clean = rows[0]
+    assert not flag.flags(200.0, clean) and flag.flags(199.0, clean) and flag.flags(201.0, clean)
+    # Blurrier means likelier to be wrong.
+    assert flag.weights[FLAG_INPUTS.index("log_blur")] > 0
+
+
+def test_flag_fit_needs_large_errors_and_a_share() -> None:
+    rows = [{**r, "hc_ref_mm": r["plain_hc_mm"]} for r in flag_rows()]
+    with pytest.raises(ValueError, match="large error"):
+        fit_flag(rows)
+    with pytest.raises(ValueError, match="share"):
+        fit_flag(flag_rows(), share=1.5)
+
+
+def test_flag_round_trips_through_the_checkpoint(tmp_path) -> None:
+    flag = fit_flag(flag_rows())
+    ck = Checkpoint.from_model(ResUNet(), {"calibration": {"qc_flag": flag.to_dict()}})
+    ck.save(tmp_path / "w.pt")
+    back = flag_model(Checkpoint.load(tmp_path / "w.pt").meta)
+    assert back == flag
+    stale = {**flag.to_dict(), "inputs": ["log_hc"]}
+    with pytest.raises(ValueError, match="recalibrate"):
+        FlagModel.from_dict(stale)
+
+
+def flag_meta(threshold: float) -> dict:
+    """A flag whose score is 0 for every image, flagged when 0 > ``threshold``."""
+    k = len(FLAG_INPUTS)
+    flag = FlagModel((0.0,) * k, (1.0,) * k, (0.0,) * k, 0.0, threshold, 0.1, 5.0, 1, (10, 400))
+    return {"calibration": {"qc_flag": flag.to_dict()}}
+
+
+def test_the_measurer_applies_the_stored_flag() -> None:
     from conftest import FINE_CONFIG, RingBackend, synthetic_scan
 
-    model = IntervalModel(
-        0.9, dict.fromkeys(("first", "second", "third"), 0.04), 0.01, 1.0, 2.0, 900
-    )
-    meta = {
-        "calibration": {
-            "hc_interval": [model.to_dict()],
-            "qc_flag": {"level": 0.9, "max_halfwidth_mm": 2.5},
-        }
-    }
-    # HC of the ring about 44 mm (semi-axes 80, 60 px at 0.1 mm).
-    # A clean ring: u = 1 (fit residual below r0, not clipped): 4 % of 44 mm = 1.8 mm < 2.5.
-    m = HeadMeasurer(Checkpoint.from_model(ResUNet(FINE_CONFIG), meta), backend="torch",
-                     tta=False, reject_non_heads=False)  # fmt: skip
-    m.backend = RingBackend()
-    assert m.measure(synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))[0], 0.1).qc == "ok"
-    # Clipped by the field of view: u = 1 + 2 = 3 or more, 12 % of HC > 2.5 mm: flagged.
-    clipped = m.measure(synthetic_scan(Ellipse(20, 135, 80, 60, 0.3))[0], 0.1)
-    assert "touches_border" in clipped.qc and "uncertain_hc" in clipped.qc
+    image = synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))[0]
+    qc = {}
+    for threshold in (-1.0, 1.0):
+        ck = Checkpoint.from_model(ResUNet(FINE_CONFIG), flag_meta(threshold))
+        m = HeadMeasurer(ck, backend="torch", tta=False, reject_non_heads=False)
+        m.backend = RingBackend()
+        qc[threshold] = m.measure(image, 0.1).qc
+    assert qc == {-1.0: "uncertain_hc", 1.0: "ok"}
+    # No pixel size, no HC: nothing to flag.
+    assert "uncertain_hc" not in m.measure(image, None).qc

@@ -37,6 +37,9 @@ class Measurement:
             region lies (:mod:`fetalhead.plausibility`): 1 at the edge of the HC18
             heads, 0 at the gate; at or below 0 it is dropped and qc is
             ``no_head_found``.
+        flag_score: Log-odds of an HC error over 5 mm from the calibrated qc flag
+            (:class:`fetalhead.uncertainty.FlagModel`); ``uncertain_hc`` above its
+            threshold. Not a CSV column: it serves calibration and analysis.
         contour: Boundary points ``(x, y)`` in original pixels.
         error: Human-readable reason when the image could not be measured.
 
@@ -53,6 +56,7 @@ class Measurement:
     confidence: float | None = None
     head_score: float | None = None
     hc_rel_halfwidth: float | None = None
+    flag_score: float | None = None
     contour: NDArray[np.float64] | None = field(default=None, repr=False)
     error: str | None = None
     _prob: NDArray[np.float32] | None = field(default=None, repr=False)
@@ -143,10 +147,12 @@ class Measurement:
     def ga_hadlock_2sd(self) -> tuple[float, float] | None:
         """Hadlock GA range (weeks): the HC interval with the population's +/-2 SD.
 
-        Without a calibrated interval, the population spread at the HC alone.
+        Without a calibrated interval, the population spread at the HC alone. None
+        where the estimate lies outside Hadlock's 14-42 weeks: the spread was
+        reported for the second and third trimesters only.
         """
-        hc = self.hc_mm
-        if hc is None:
+        hc, ga = self.hc_mm, self.ga_hadlock
+        if hc is None or ga is None or not ga.in_range:
             return None
         lo, hi = self.hc_low_mm, self.hc_high_mm
         return hadlock_2sd_range(lo if lo is not None else hc, hi if hi is not None else hc)

@@ -32,7 +32,7 @@ from fetalhead.plausibility import HeadRejector, head_features
 from fetalhead.postprocess import PostprocessName, postprocess
 from fetalhead.readers import read_image
 from fetalhead.spacing import ResolvedSpacing, region_of_head, resolve_pixel_size, square_pixels
-from fetalhead.uncertainty import flag_rule, interval_features, interval_model
+from fetalhead.uncertainty import flag_model, interval_features, interval_model, profile_features
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ class HeadMeasurer:
         }
         #: The calibrated HC interval at ``interval_level``, if the weights carry one.
         self.interval = interval_model(checkpoint.meta, interval_level)
-        #: Flags ``uncertain_hc`` where the calibrated interval is wide, if calibrated.
-        self.flag = flag_rule(checkpoint.meta)
+        #: Flags ``uncertain_hc`` where a large HC error is likely, if calibrated.
+        self.flag = flag_model(checkpoint.meta)
         #: Decides whether a found head is a foetal head in ultrasound (None: keep all).
         self.rejector: HeadRejector | None = (
             HeadRejector.load() if reject_non_heads and DEFAULT_REJECTOR.exists() else None
@@ -181,7 +181,7 @@ class HeadMeasurer:
         name: str,
     ) -> Measurement:
         e, contour, conf, reasons = postprocess(prob, lb, self.postprocess_method, level=self.level)
-        head_score = half = None
+        head_score = half = flag_score = None
         if e is not None and contour is not None and conf is not None:
             # One boundary residual serves the non-head check and the interval.
             rms = boundary_rms(e, contour)
@@ -195,8 +195,11 @@ class HeadMeasurer:
                 features = interval_features(e, rms, conf, "touches_border" in reasons, hc)
                 if self.interval and hc is not None:
                     half = self.interval.scale(features)
-                if self.flag and hc is not None and self.flag.flags(hc, features):
-                    reasons.append("uncertain_hc")
+                if self.flag and hc is not None:
+                    features |= profile_features(lb.crop(prob), lb.scale, e, self.level)
+                    flag_score = self.flag.score(hc, features)
+                    if self.flag.decide(hc, flag_score):
+                        reasons.append("uncertain_hc")
         if px is None:
             reasons.append("no_pixel_size")
         return Measurement(
@@ -208,6 +211,7 @@ class HeadMeasurer:
             confidence=conf,
             head_score=head_score,
             hc_rel_halfwidth=half,
+            flag_score=flag_score,
             contour=contour,
             _prob=prob,
             _letterbox=lb,

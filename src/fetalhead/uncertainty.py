@@ -18,6 +18,11 @@ falls in: Mondrian conformal prediction), so that small first-trimester heads,
 whose relative errors are larger, are covered as often as the others. ``b_fit``
 and ``b_border`` are chosen on the calibration set, from a small grid, for the
 smallest mean width.
+
+The qc flag ``uncertain_hc`` is separate (:class:`FlagModel`): a logistic
+regression of "|HC error| > 5 mm" on the same difficulty scores, the head's size
+and how clearly the map shows the boundary (:func:`profile_features`), fitted to
+the folds' held-out images and cut so that a set share of them is flagged.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.geometry.ellipse import Ellipse, bilinear
 from fetalhead.gestation import hadlock_1984, trimester
 
 BANDS = ("first", "second", "third")
@@ -164,32 +170,224 @@ def interval_model(meta: dict[str, Any], level: float) -> IntervalModel | None:
     return IntervalModel.from_dict(by_level[float(level)])
 
 
-@dataclass(frozen=True)
-class FlagRule:
-    """Flag ``uncertain_hc`` when the calibrated interval is wide, in millimetres.
+#: What the qc flag calls a large error, in mm of HC.
+LARGE_ERROR_MM = 5.0
 
-    Large errors are judged in mm (|HC error| > 5 mm), so the flag is too: the
-    interval's half-width in mm grows with head size and with a ragged or clipped
-    boundary.
+#: Radii, as fractions of the fitted ellipse, along which the map is sampled.
+_RADII = np.round(np.linspace(0.6, 1.4, 81), 6)
+#: Rays from the centre at which the map is sampled.
+_N_RAYS = 180
+
+
+def profile_features(
+    prob: NDArray[np.floating], scale: tuple[float, float], ellipse: Ellipse, level: float
+) -> dict[str, float]:
+    """How clearly a probability map shows the boundary of the ellipse fitted to it.
+
+    The map is sampled along 180 rays from the ellipse's centre, from 0.6 to 1.4
+    times the ellipse's radius on each ray. Rays that leave the map are left out
+    (unless nearly all do).
+
+    Args:
+        prob: The network-resolution probability map of the image region
+            (:meth:`Letterbox.crop` of the network output).
+        scale: ``(sx, sy)``, original to map pixels (:attr:`Letterbox.scale`).
+        ellipse: The fitted head, in original pixels.
+        level: The iso-probability taken as the boundary.
+
+    Returns:
+        ``blur``: median radial distance, as a fraction of the radius, between
+        where the map falls below 0.9 and below 0.2 (a faint wall is a wide
+        transition); ``hole``: mean ``1 - p`` from 0.6 to 0.9 of the radius;
+        ``spill``: mean ``p`` from 1.1 to 1.3 of the radius; ``unsupported``:
+        the share of rays whose outermost crossing of ``level`` lies more than
+        14 % from the ellipse.
+
+    """
+    p = np.asarray(prob, dtype=np.float32)
+    h, w = p.shape
+    sx, sy = scale
+    t = np.linspace(0.0, 2.0 * math.pi, _N_RAYS, endpoint=False)
+    u = ellipse.a * np.cos(t)[:, None] * _RADII
+    v = ellipse.b * np.sin(t)[:, None] * _RADII
+    ca, sa = math.cos(ellipse.angle), math.sin(ellipse.angle)
+    # Original pixel centres to map pixel centres.
+    x = (ellipse.cx + ca * u - sa * v + 0.5) * sx - 0.5
+    y = (ellipse.cy + sa * u + ca * v + 0.5) * sy - 0.5
+    samples = bilinear(p, x.ravel(), y.ravel()).reshape(x.shape)
+    inside = ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).all(axis=1)
+    if inside.sum() > 10:
+        samples = samples[inside]
+
+    def outermost(threshold: float) -> NDArray[np.float64]:
+        above = samples >= threshold
+        last = above.shape[1] - 1 - np.argmax(above[:, ::-1], axis=1)
+        return np.where(above.any(axis=1), _RADII[last], _RADII[0])
+
+    crossing = outermost(level)
+    return {
+        "blur": float(np.median(outermost(0.2) - outermost(0.9))),
+        "hole": float(1.0 - samples[:, (_RADII > 0.6) & (_RADII < 0.9)].mean()),
+        "spill": float(samples[:, (_RADII > 1.1) & (_RADII < 1.3)].mean()),
+        "unsupported": float(np.mean((crossing <= 0.86) | (crossing >= 1.34))),
+    }
+
+
+#: What the flag model reads, in this order (see :func:`flag_inputs`).
+FLAG_INPUTS = (
+    "log_hc",
+    "log_hc_squared",
+    "log_rel_rms",
+    "border",
+    "log_doubt",
+    "log_blur",
+    "hole",
+    "spill",
+    "unsupported",
+)
+
+
+def flag_inputs(hc_mm: float, features: dict[str, Any]) -> NDArray[np.float64]:
+    """The flag model's inputs for one image: :data:`FLAG_INPUTS`.
+
+    ``log_doubt`` is ``ln(1 - confidence + 1e-4)``; large errors are likelier for
+    small and for large heads, so ``ln HC`` enters with its square.
+    """
+    log_hc = math.log(hc_mm)
+    return np.array(
+        [
+            log_hc,
+            log_hc**2,
+            math.log(float(features["rel_rms"])),
+            float(features["border"]),
+            math.log(1.0 - float(features["confidence"]) + 1e-4),
+            math.log(float(features["blur"]) + 0.01),
+            float(features["hole"]),
+            float(features["spill"]),
+            float(features["unsupported"]),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class FlagModel:
+    """Flag ``uncertain_hc``: logistic odds of a large HC error, cut at a calibrated share.
+
+    A logistic regression of ``|HC error| > large_error_mm`` on :data:`FLAG_INPUTS`
+    (standardised, ridge penalty 1), fitted to held-out images of the
+    cross-validation folds. ``threshold`` is the score above which the share
+    ``share`` of those images lies, so about that share of similar images is
+    flagged. A head outside the range of predicted HC it was fitted on is always
+    flagged: there the model would extrapolate.
 
     Attributes:
-        interval: The calibrated interval whose width is judged.
-        max_halfwidth_mm: Largest half-width still not flagged.
+        mean: Inputs' calibration means.
+        std: Inputs' calibration standard deviations.
+        weights: Coefficients of the standardised inputs.
+        bias: Intercept.
+        threshold: Log-odds above which an image is flagged.
+        share: Share of the calibration images flagged.
+        large_error_mm: What a large error is.
+        n_calibration: Images it was fitted to.
+        hc_range_mm: Smallest and largest predicted HC it was fitted on.
 
     """
 
-    interval: IntervalModel
-    max_halfwidth_mm: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+    share: float
+    large_error_mm: float
+    n_calibration: int
+    hc_range_mm: tuple[float, float]
+
+    def score(self, hc_mm: float, features: dict[str, Any]) -> float:
+        """Log-odds that this image's HC is off by more than ``large_error_mm``."""
+        z = (flag_inputs(hc_mm, features) - np.array(self.mean)) / np.array(self.std)
+        return float(self.bias + z @ np.array(self.weights))
 
     def flags(self, hc_mm: float, features: dict[str, Any]) -> bool:
         """Whether an image with this HC and these features should be checked by a person."""
-        return hc_mm * self.interval.scale(features) > self.max_halfwidth_mm
+        return self.decide(hc_mm, self.score(hc_mm, features))
+
+    def decide(self, hc_mm: float, score: float) -> bool:
+        """Whether an image with this HC and this :meth:`score` is flagged."""
+        low, high = self.hc_range_mm
+        return not low <= hc_mm <= high or score > self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the checkpoint's ``meta["calibration"]["qc_flag"]``."""
+        return {"inputs": list(FLAG_INPUTS), **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FlagModel:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: If the stored model reads other inputs than this version's.
+
+        """
+        if tuple(d.get("inputs", ())) != FLAG_INPUTS:
+            raise ValueError(
+                f"the weights' qc flag reads {d.get('inputs')}, this fetalhead {list(FLAG_INPUTS)}:"
+                " recalibrate the weights (scripts/calibrate_weights.py)"
+            )
+        values = {k: d[k] for k in cls.__dataclass_fields__}
+        values["hc_range_mm"] = tuple(values["hc_range_mm"])
+        return cls(**values)
 
 
-def flag_rule(meta: dict[str, Any]) -> FlagRule | None:
+def _logistic(x: NDArray[np.float64], y: NDArray[np.float64], l2: float) -> NDArray[np.float64]:
+    """Ridge logistic regression by Newton's method; returns ``[bias, *weights]``."""
+    z = np.c_[np.ones(len(x)), x]
+    penalty = l2 * np.diag(np.r_[0.0, np.ones(x.shape[1])])
+    beta = np.zeros(z.shape[1])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-z @ beta))
+        step = np.linalg.solve(
+            (z * (p * (1 - p))[:, None]).T @ z + penalty, z.T @ (p - y) + penalty @ beta
+        )
+        beta -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return beta
+
+
+def fit_flag(
+    rows: list[dict[str, Any]], share: float = 0.1, large_error_mm: float = LARGE_ERROR_MM
+) -> FlagModel:
+    """Fit the flag to held-out rows with ``plain_hc_mm``, ``hc_ref_mm`` and the features.
+
+    Raises:
+        ValueError: If ``share`` is not in (0, 1) or fewer than 5 rows have a large error.
+
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    use = [r for r in rows if math.isfinite(r.get("plain_hc_mm", math.nan)) and "blur" in r]
+    x = np.array([flag_inputs(r["plain_hc_mm"], r) for r in use])
+    y = np.array([abs(r["plain_hc_mm"] - r["hc_ref_mm"]) > large_error_mm for r in use], float)
+    if y.sum() < 5:
+        raise ValueError(f"need at least 5 calibration images with a large error, got {y.sum():g}")
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+    beta = _logistic((x - mean) / std, y, l2=1.0)
+    scores = beta[0] + ((x - mean) / std) @ beta[1:]
+    return FlagModel(
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        weights=tuple(float(v) for v in beta[1:]),
+        bias=float(beta[0]),
+        threshold=float(np.quantile(scores, 1.0 - share)),
+        share=share,
+        large_error_mm=large_error_mm,
+        n_calibration=len(use),
+        hc_range_mm=(min(r["plain_hc_mm"] for r in use), max(r["plain_hc_mm"] for r in use)),
+    )
+
+
+def flag_model(meta: dict[str, Any]) -> FlagModel | None:
     """The qc flag a checkpoint's calibration defines, if any."""
-    rule = meta.get("calibration", {}).get("qc_flag")
-    if not rule:
-        return None
-    model = interval_model(meta, float(rule["level"]))
-    return FlagRule(model, float(rule["max_halfwidth_mm"])) if model else None
+    stored = meta.get("calibration", {}).get("qc_flag")
+    return FlagModel.from_dict(stored) if stored else None

@@ -324,14 +324,15 @@ def boundary_sharpness(
     p = np.asarray(prob, dtype=np.float32)
     x, y = points[:, 0], points[:, 1]
     sx, sy = step
-    gx = (_bilinear(p, x + sx, y) - _bilinear(p, x - sx, y)) / (2.0 * sx)
-    gy = (_bilinear(p, x, y + sy) - _bilinear(p, x, y - sy)) / (2.0 * sy)
+    gx = (bilinear(p, x + sx, y) - bilinear(p, x - sx, y)) / (2.0 * sx)
+    gy = (bilinear(p, x, y + sy) - bilinear(p, x, y - sy)) / (2.0 * sy)
     return np.hypot(gx, gy)
 
 
-def _bilinear(
+def bilinear(
     img: NDArray[np.float32], x: NDArray[np.float64], y: NDArray[np.float64]
 ) -> NDArray[np.float64]:
+    """Bilinear samples of ``img`` at ``(x, y)`` pixel centres, clamped to the image."""
     h, w = img.shape
     x = np.clip(x, 0.0, w - 1.0)
     y = np.clip(y, 0.0, h - 1.0)
