@@ -200,8 +200,8 @@ def profile_features(
         where the map falls below 0.9 and below 0.2 (a faint wall is a wide
         transition); ``hole``: mean ``1 - p`` from 0.6 to 0.9 of the radius;
         ``spill``: mean ``p`` from 1.1 to 1.3 of the radius; ``unsupported``:
-        the share of rays whose outermost crossing of ``level`` lies more than
-        14 % from the ellipse.
+        the share of rays whose outermost crossing of ``level`` lies inside 0.86
+        of the radius or beyond 1.34 (near the end of the sampled range).
 
     """
     p = np.asarray(prob, dtype=np.float32)
@@ -277,8 +277,10 @@ class FlagModel:
     (standardised, ridge penalty 1), fitted to held-out images of the
     cross-validation folds. ``threshold`` is the score above which the share
     ``share`` of those images lies, so about that share of similar images is
-    flagged. A head outside the range of predicted HC it was fitted on is always
-    flagged: there the model would extrapolate.
+    flagged; ``scripts/calibrate_weights.py`` may move it to the same quantile of
+    the shipped weights' own scores on unlabelled images. A head outside the range
+    of predicted HC it was fitted on is always flagged: there the model would
+    extrapolate.
 
     Attributes:
         mean: Inputs' calibration means.
