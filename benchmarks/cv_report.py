@@ -46,7 +46,7 @@ from fetalhead.uncertainty import (
 )
 
 TRIMESTERS = ("first", "second", "third")
-#: Post-processing variants compared with the default (level 0.5, |grad p|^2 weights).
+#: Post-processing variants compared with the default (the report's level, |grad p|^2 weights).
 VARIANTS = {
     "unweighted": {"weight_power": 0.0},
     "grad4": {"weight_power": 4.0},
