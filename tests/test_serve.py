@@ -82,6 +82,8 @@ def test_measure_png_and_overlay(client, measurer) -> None:
     assert d["pixel_size_source"] == "cli" and d["qc"] in ("ok", "low_confidence")
     assert set(d["ga"]) == {"hadlock_1984", "intergrowth_21st"}
     assert "in_range" in d["ga"]["hadlock_1984"]
+    spread = expected.ga_hadlock_2sd
+    assert d["ga_hadlock_2sd_weeks"] == (pytest.approx(list(spread)) if spread else None)
     ov = client.get(d["overlay_url"])
     assert ov.status_code == 200 and ov.content.startswith(b"\x89PNG")
     assert client.get("/api/v1/measure/nope/overlay.png").status_code == 404
