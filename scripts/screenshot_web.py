@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,9 @@ from pathlib import Path
 import uvicorn
 from playwright.sync_api import sync_playwright
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+
+from browser import drag_axis_handle  # shared with the page tests
 from fetalhead.predict import HeadMeasurer
 from fetalhead.serve import create_app
 
@@ -56,14 +60,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out), full_page=True)
         print(f"HC shown: {page.text_content('#hc-value')}; saved {args.out}")
-        centre, end = (page.locator(f"#handle-{h}").bounding_box() for h in ("centre", "a"))
-        cx, cy = centre["x"] + centre["width"] / 2, centre["y"] + centre["height"] / 2
-        x, y = end["x"] + end["width"] / 2, end["y"] + end["height"] / 2
-        n = ((x - cx) ** 2 + (y - cy) ** 2) ** 0.5
-        page.mouse.move(x, y)
-        page.mouse.down()
-        page.mouse.move(x + 25 * (x - cx) / n, y + 25 * (y - cy) / n, steps=5)
-        page.mouse.up()
+        drag_axis_handle(page, 25)
         page.fill("#operator", "sonographer A")
         page.click("#accept")
         page.wait_for_selector("text=accepted by sonographer A")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser import drag_axis_handle
 from conftest import EXAMPLES, TINY
 
 pytest.importorskip("fastapi")
@@ -265,15 +266,8 @@ def test_browser_review_edit_accept_and_export(live_server, tmp_path) -> None:
         page.click("#measure")
         page.wait_for_selector("#handle-a", timeout=30000)
         before = float(page.text_content("#hc-value").split()[0])
-        centre, end = (page.locator(f"#handle-{h}").bounding_box() for h in ("centre", "a"))
-        cx, cy = centre["x"] + centre["width"] / 2, centre["y"] + centre["height"] / 2
-        x, y = end["x"] + end["width"] / 2, end["y"] + end["height"] / 2
         # Drag the axis handle 40 screen pixels further out along its axis.
-        n = ((x - cx) ** 2 + (y - cy) ** 2) ** 0.5
-        page.mouse.move(x, y)
-        page.mouse.down()
-        page.mouse.move(x + 40 * (x - cx) / n, y + 40 * (y - cy) / n, steps=5)
-        page.mouse.up()
+        drag_axis_handle(page, 40)
         after = float(page.text_content("#hc-value").split()[0])
         assert after > before + 1, (before, after)
         page.fill("#operator", "sonographer A")
