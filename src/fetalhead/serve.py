@@ -173,7 +173,9 @@ def _result_json(m: Measurement, rid: str, model_version: str, level: float) -> 
             if g is not None
         },
         # Hadlock GA with the population's +/-2 SD at a given HC, around the HC interval.
-        "ga_hadlock_2sd_weeks": list(m.ga_hadlock_2sd) if m.ga_hadlock_2sd else None,
+        "ga_hadlock_2sd_weeks": [row["ga_weeks_hadlock_2sd_low"], row["ga_weeks_hadlock_2sd_high"]]
+        if row["ga_weeks_hadlock_2sd_low"] is not None
+        else None,
         "head_score": m.head_score,
         "pixel_size_mm": m.pixel_size_mm,
         "pixel_size_source": m.pixel_size_source,
