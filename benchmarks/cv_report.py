@@ -213,16 +213,21 @@ def conformal_tables(rows: list[dict], level: float) -> tuple[str, dict]:
     folds = sorted({r["fold"] for r in ok})
     if len(folds) < 2:
         return "(needs at least two folds)", {}
-    covered, width, tri = [], [], []
+    covered, width, tri, wide, wide_big = [], [], [], [], []
     for k in folds:
         cal = [r for r in ok if r["fold"] != k]
         test = [r for r in ok if r["fold"] == k]
         model = fit_interval(cal, level)
+        # The flag before the logistic one, for comparison: the widest share of the
+        # calibration folds' intervals, in mm.
+        limit = np.quantile([model.scale(r) * r["plain_hc_mm"] for r in cal], 1 - FLAG_SHARE)
         for r in test:
             lo, hi = model.interval(r["plain_hc_mm"], r)
             covered.append(lo <= r["hc_ref_mm"] <= hi)
             width.append(hi - lo)
             tri.append(r["trimester"])
+            wide.append((hi - lo) / 2 > limit)
+            wide_big.append(abs(r["plain_df_mm"]) > LARGE_ERROR_MM)
     covered, width, tri = np.array(covered), np.array(width), np.array(tri)
     lines = [
         f"Nominal level {level:.0%}; each fold's intervals calibrated on the other folds.",
@@ -280,6 +285,16 @@ def conformal_tables(rows: list[dict], level: float) -> tuple[str, dict]:
         f"fold: {res['qc_flag_cross_fold']['flagged']:.1%} flagged, "
         f"{res['qc_flag_cross_fold']['caught']:.1%} of the {b.sum()} large errors caught.",
     ]
+    wide, wide_big = np.array(wide), np.array(wide_big)
+    res["wide_interval_flag_cross_fold"] = {
+        "flagged": float(wide.mean()),
+        "caught": float((wide & wide_big).sum() / max(wide_big.sum(), 1)),
+    }
+    lines.append(
+        f"For comparison, the previous flag (the widest {FLAG_SHARE:.0%} of the calibration "
+        f"folds' {level:.0%} intervals, in mm): {wide.mean():.1%} flagged, "
+        f"{res['wide_interval_flag_cross_fold']['caught']:.1%} caught."
+    )
     res["qc_tradeoff"] = curve
     return "\n".join(lines), res
 
