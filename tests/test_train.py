@@ -17,7 +17,7 @@ from fetalhead.data import Case
 from fetalhead.model import Checkpoint
 from fetalhead.training import TrainConfig, train
 from fetalhead.training.config import resolve_precision
-from fetalhead.training.losses import dice_loss
+from fetalhead.training.losses import boundary_weights, compute_loss, dice_loss
 from fetalhead.training.samples import WeightedEpochSampler, trimester_weights
 
 #: CLI options of the tiny synthetic runs (match tiny_config below).
@@ -63,6 +63,38 @@ def test_dice_loss_smooth_one() -> None:
     # Both empty: (0 + 1) / (0 + 1) = 1, so the loss is 0 with smooth = 1.
     assert float(dice_loss(logits, t)) == pytest.approx(0.0, abs=1e-6)
     assert float(dice_loss(-logits, t)) == pytest.approx(1 - 1 / 17, abs=1e-4)
+
+
+def test_boundary_weights_band_of_three_pixels() -> None:
+    t = torch.zeros(1, 1, 20, 20)
+    t[..., 5:15, 5:15] = 1.0  # outline between columns 4 and 5, and 14 and 15
+    w = boundary_weights(t)
+    # Row 10: weight 5 within 3 pixels of either edge (columns 2-7 and 12-17), else 1.
+    expected = [1, 1, 5, 5, 5, 5, 5, 5, 1, 1, 1, 1, 5, 5, 5, 5, 5, 5, 1, 1]
+    assert w[0, 0, 10].tolist() == [float(v) for v in expected]
+    # A half-covered edge pixel (soft target) gives half the extra weight away from it.
+    t2 = torch.zeros(1, 1, 9, 9)
+    t2[..., 4] = 0.5
+    assert w.shape == t.shape
+    assert boundary_weights(t2)[0, 0, 4].tolist() == [1.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 1.0]
+
+
+def test_boundary_loss_values() -> None:
+    t = torch.zeros(1, 1, 20, 20)
+    t[..., 5:15, 5:15] = 1.0
+    # p = 0.5 everywhere: Dice (2 * 50 + 1) / (200 + 100 + 1), BCE ln 2 at any weight.
+    flat = compute_loss(torch.zeros_like(t), t, "dice_bce_boundary")
+    assert float(flat) == pytest.approx(1 - 101 / 301 + 0.6931472, abs=1e-5)
+    # One wrong background pixel: its cross-entropy (12 nats) counts 5 times as much in
+    # the band as far from it. The Dice part is the same for both and is taken out.
+    good = torch.where(t > 0.5, 12.0, -12.0)
+    in_band, far = good.clone(), good.clone()
+    in_band[0, 0, 10, 3] = 12.0  # 2 pixels outside the outline
+    far[0, 0, 0, 19] = 12.0  # a corner
+    bce = [float(compute_loss(x, t, "dice_bce_boundary") - dice_loss(x, t)) for x in (in_band, far)]
+    assert bce[0] / bce[1] == pytest.approx(5.0, rel=1e-3)
+    with pytest.raises(ValueError, match="dice_bce_boundary"):
+        TrainConfig(loss="focal")  # type: ignore[arg-type]
 
 
 def test_train_writes_logs_checkpoints_and_curves(synth, tmp_path) -> None:
@@ -302,11 +334,12 @@ def test_validation_adf_is_the_evaluated_adf(tmp_path) -> None:
     assert min(logged) > 0.3  # the error is really there
 
 
-def test_deep_supervision_trains_through_the_cli(synth, tmp_path) -> None:
+def test_deep_supervision_and_boundary_loss_train_through_the_cli(synth, tmp_path) -> None:
     rc = cli_main(
         ["train", str(synth), "--out", str(tmp_path / "ds"), "--epochs", "1", "--batch-size", "4",
-         "--deep-supervision", *TINY_CLI]
+         "--deep-supervision", "--loss", "dice_bce_boundary", *TINY_CLI]
     )  # fmt: skip
     assert rc == 0
     ck = Checkpoint.load(tmp_path / "ds" / "final.pt")
     assert ck.config.deep_supervision and any(k.startswith("aux_heads.") for k in ck.state_dict)
+    assert ck.meta["recipe"]["loss"] == "dice_bce_boundary"

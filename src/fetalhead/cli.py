@@ -32,6 +32,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, help="cross-validation by scan prefix: number of folds")
     p.add_argument("--fold", type=int, help="with --folds: the fold (0-based) to validate on")
     p.add_argument(
+        "--loss",
+        choices=["dice", "dice_bce", "dice_bce_boundary"],
+        help="dice_bce_boundary: cross-entropy weighted 5x within 3 pixels of the outline",
+    )
+    p.add_argument(
         "--precision",
         choices=["auto", "float32", "bfloat16"],
         help="auto: bfloat16 autocast on CPUs with native bfloat16, else float32",
@@ -73,6 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "loss": args.loss,
         "image_h": hw[0],
         "image_w": hw[1],
         "start_filters": args.start_filters,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
 from fetalhead.infer.hardware import native_bf16
 from fetalhead.model import ModelConfig
 
-LossName = Literal["dice", "dice_bce"]
+LossName = Literal["dice", "dice_bce", "dice_bce_boundary"]
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -36,7 +36,10 @@ class TrainConfig:
         keep_aspect: Letterbox (True) or squash (False) images into the input.
         start_filters: Filters at the first U-Net level.
         dropout: Dropout ratio of the U-Net.
-        loss: ``dice`` (smooth = 1) or ``dice_bce``.
+        loss: ``dice`` (smooth = 1), ``dice_bce``, or ``dice_bce_boundary``: Dice plus
+            a cross-entropy that weighs the band of +-3 network pixels around the
+            reference outline 5 times as much as the rest (see
+            :func:`fetalhead.training.losses.boundary_weights`).
         val_fraction: Fraction of scan prefixes held out for validation (ignored
             when ``folds`` is set).
         folds: Cross-validation by scan prefix: number of folds (``None``: one
@@ -93,8 +96,8 @@ class TrainConfig:
     deep_supervision: bool = False
 
     def __post_init__(self) -> None:
-        if self.loss not in ("dice", "dice_bce"):
-            raise ValueError(f"loss must be 'dice' or 'dice_bce', got {self.loss!r}")
+        if self.loss not in get_args(LossName):
+            raise ValueError(f"loss must be one of {get_args(LossName)}, got {self.loss!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         for name in ("epochs", "batch_size", "image_h", "image_w", "start_filters"):

@@ -7,6 +7,11 @@ import torch.nn.functional as F
 
 from fetalhead.training.config import LossName
 
+BOUNDARY_RADIUS_PX = 3
+"""Half-width, in network pixels, of the band that ``dice_bce_boundary`` weighs up."""
+BOUNDARY_GAIN = 4.0
+"""Extra weight of a pixel fully inside that band (weight 1 + gain)."""
+
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Soft Dice loss with ``smooth`` added to numerator and denominator, per image."""
@@ -25,8 +30,38 @@ def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, 2.0 * inter / denom.clamp(min=1), torch.ones_like(denom))
 
 
+def boundary_weights(
+    target: torch.Tensor, radius: int = BOUNDARY_RADIUS_PX, gain: float = BOUNDARY_GAIN
+) -> torch.Tensor:
+    """Per-pixel loss weights, ``1 + gain`` within ``radius`` pixels of the outline.
+
+    The band is the morphological gradient of the (soft) target over a square of side
+    ``2 * radius + 1``: the largest minus the smallest target value there. It is 1 where
+    the square holds both head and background, 0 far from the outline, and in between
+    where the target is only partly covered.
+
+    Args:
+        target: Target coverage in [0, 1], shape (N, 1, H, W).
+        radius: Half-width of the band in pixels.
+        gain: Extra weight inside the band.
+
+    Returns:
+        Weights of the target's shape, each in [1, 1 + gain].
+
+    """
+    k = 2 * radius + 1
+    hi = F.max_pool2d(target, k, stride=1, padding=radius)
+    lo = -F.max_pool2d(-target, k, stride=1, padding=radius)
+    return 1.0 + gain * (hi - lo)
+
+
 def compute_loss(logits: torch.Tensor, target: torch.Tensor, kind: LossName) -> torch.Tensor:
+    """The training loss ``kind`` of logits against target coverage, (N, 1, H, W) each."""
     loss = dice_loss(logits, target)
     if kind == "dice_bce":
         loss = loss + F.binary_cross_entropy_with_logits(logits, target)
+    elif kind == "dice_bce_boundary":
+        w = boundary_weights(target)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        loss = loss + (w * bce).sum() / w.sum()
     return loss
