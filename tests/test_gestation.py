@@ -4,6 +4,7 @@ import pytest
 
 from fetalhead.gestation import (
     format_weeks_days,
+    format_weeks_days_range,
     hadlock_2sd_range,
     hadlock_1984,
     intergrowth_21st,
@@ -70,6 +71,12 @@ def test_formulas_agree_mid_pregnancy() -> None:
 )
 def test_weeks_days(weeks: float, text: str) -> None:
     assert format_weeks_days(weeks) == text
+
+
+def test_weeks_days_range() -> None:
+    # 20.39 weeks = 142.73 days -> 20w3d; 24.92 weeks = 174.44 days -> 24w6d.
+    assert format_weeks_days_range(20.39, 24.92) == "20w3d-24w6d"
+    assert format_weeks_days_range(None, 24.92) == "-"
 
 
 def test_estimates_carry_weeks_days() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import EXAMPLES, MINI, TINY, OracleBackend, predict_cli, synthetic_scan
 from fetalhead.batch import collect_inputs
-from fetalhead.cli import main
+from fetalhead.cli import _print_table, main
 from fetalhead.data import find_cases, label_ellipse
 from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.image import InputError
@@ -131,6 +131,20 @@ def test_cli_predict_end_to_end_with_tiny_model(tiny_checkpoint, tmp_path, capsy
     sub = read_rows(out / "submission.csv")
     assert list(sub[0]) == REQUIRED[:6] and len(sub) == 3
     assert "HC mm" in capsys.readouterr().out
+
+
+def test_printed_table_shows_ga_as_weeks_and_days(capsys) -> None:
+    row = {"filename": "a.png", "frame": None, "hc_mm": 200.0, "bpd_mm": 50.0, "ofd_mm": 70.0,
+           "ga_weeks_hadlock": 22.16, "ga_weeks_hadlock_2sd_low": 20.39,
+           "ga_weeks_hadlock_2sd_high": 24.92, "qc": "ok"}  # fmt: skip
+    empty = {**row, "filename": "b.png", "hc_mm": None, "bpd_mm": None, "ofd_mm": None,
+             "ga_weeks_hadlock": None, "ga_weeks_hadlock_2sd_low": None,
+             "ga_weeks_hadlock_2sd_high": None, "qc": "no_head_found"}  # fmt: skip
+    _print_table([row, empty])
+    lines = capsys.readouterr().out.splitlines()
+    # 22.16 weeks = 155.1 days = 22w1d; 20.39 -> 20w3d, 24.92 -> 24w6d.
+    assert lines[2].split() == ["a.png", "200.0", "50.0", "70.0", "22w1d", "20w3d-24w6d", "ok"]
+    assert lines[3].split() == ["b.png", "-", "-", "-", "-", "-", "no_head_found"]
 
 
 def test_cli_skips_label_files_and_needs_pixel_size(tiny_checkpoint, tmp_path, capsys) -> None:

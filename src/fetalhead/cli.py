@@ -233,7 +233,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_table(rows: list[dict]) -> None:
-    from fetalhead.gestation import format_weeks_days
+    from fetalhead.gestation import format_weeks_days, format_weeks_days_range
 
     def f(v: object, spec: str = ".1f") -> str:
         return format(v, spec) if isinstance(v, float) else "-"
@@ -245,11 +245,8 @@ def _print_table(rows: list[dict]) -> None:
         name = r["filename"] if r.get("frame") is None else f"{r['filename']}[{r['frame']}]"
         weeks = r.get("ga_weeks_hadlock")
         ga = format_weeks_days(weeks) if isinstance(weeks, float) else "-"
-        lo, hi = r.get("ga_weeks_hadlock_2sd_low"), r.get("ga_weeks_hadlock_2sd_high")
-        span = (
-            f"{format_weeks_days(lo)}-{format_weeks_days(hi)}"
-            if isinstance(lo, float) and isinstance(hi, float)
-            else "-"
+        span = format_weeks_days_range(
+            r.get("ga_weeks_hadlock_2sd_low"), r.get("ga_weeks_hadlock_2sd_high")
         )
         print(
             f"{name[-28:]:<28} {f(r['hc_mm']):>7} {f(r['bpd_mm']):>7} {f(r['ofd_mm']):>7} "

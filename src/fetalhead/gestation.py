@@ -13,6 +13,7 @@ from dataclasses import dataclass
 __all__ = [
     "GAEstimate",
     "format_weeks_days",
+    "format_weeks_days_range",
     "hadlock_2sd_range",
     "hadlock_1984",
     "intergrowth_21st",
@@ -70,6 +71,13 @@ def format_weeks_days(weeks: float) -> str:
         return "-"
     days = round(weeks * 7.0)
     return f"{days // 7}w{days % 7}d"
+
+
+def format_weeks_days_range(low: float | None, high: float | None) -> str:
+    """A GA range as completed weeks and days, ``20w3d-24w6d``, or ``-`` without one."""
+    if low is None or high is None:
+        return "-"
+    return f"{format_weeks_days(low)}-{format_weeks_days(high)}"
 
 
 def _estimate(weeks: float, formula: str, rng: tuple[float, float]) -> GAEstimate:

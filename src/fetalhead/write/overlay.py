@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fetalhead.geometry.ellipse import Ellipse
-from fetalhead.gestation import format_weeks_days
+from fetalhead.gestation import format_weeks_days_range
 from fetalhead.measure import Measurement
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
@@ -89,9 +89,7 @@ def draw_overlay(
         if ga is not None:
             flag = "" if ga.in_range else " (out of range)"
             spread = m.ga_hadlock_2sd
-            span = ""
-            if spread:
-                span = f" ({format_weeks_days(spread[0])}-{format_weeks_days(spread[1])})"
+            span = f" ({format_weeks_days_range(*spread)})" if spread else ""
             lines.append(f"GA {ga.weeks_days}{span} (Hadlock){flag}")
     lines.append(f"qc: {m.qc}")
     y = 22 * scale
