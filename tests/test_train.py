@@ -192,6 +192,14 @@ def test_config_file_and_unknown_keys(tmp_path) -> None:
         TrainConfig(loss="focal")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_config_in_the_repository_loads(path: Path) -> None:
+    cfg = TrainConfig.from_file(path)
+    assert cfg.start_filters == 16 and cfg.epochs >= 6
+
+
 def test_runs_are_deterministic_and_resume_exactly_after_kill(synth, tmp_path) -> None:
     epochs = 5
     ref = train(tiny_config(synth, tmp_path / "ref", epochs))
