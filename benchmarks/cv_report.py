@@ -76,11 +76,13 @@ def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
         start = len(rows)
         z = np.load(maps)
         fold = int(fold_dir.name.removeprefix("fold"))
+        # Letterboxed (aspect kept) or squashed, as the fold was trained.
+        keep_aspect = json.loads((fold_dir / "config.json").read_text()).get("keep_aspect", True)
         for name, plain, flipped in zip(z["names"], z["plain"], z["flipped"], strict=True):
             case = cases[str(name)]
             img = read_gray(case.image)
             h, w = img.shape
-            lb = Letterbox(h, w, *plain.shape, True)
+            lb = Letterbox(h, w, *plain.shape, keep_aspect)
             ref = label_ellipse(case)
             px = case.pixel_size_mm
             row = {
