@@ -66,6 +66,11 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", type=int, nargs="*", help="run only these folds")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument(
+        "--init-from",
+        type=Path,
+        help="fine-tune each fold K from INIT_FROM/foldK/final.pt (a second training stage)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
@@ -79,6 +84,7 @@ def main() -> None:
             fold=k,
             epochs=args.epochs,
             progress=False,
+            init_weights=str(args.init_from / f"fold{k}" / "final.pt") if args.init_from else None,
         )
         t0 = time.perf_counter()
         if not (run / "final.pt").exists():

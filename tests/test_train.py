@@ -351,3 +351,26 @@ def test_deep_supervision_and_boundary_loss_train_through_the_cli(synth, tmp_pat
     ck = Checkpoint.load(tmp_path / "ds" / "final.pt")
     assert ck.config.deep_supervision and any(k.startswith("aux_heads.") for k in ck.state_dict)
     assert ck.meta["recipe"]["loss"] == "dice_bce_boundary"
+
+
+def test_cross_validation_script_runs_a_second_stage_from_each_folds_last_weights(
+    synth, tmp_path
+) -> None:
+    common = "batch_size: 4\nimage_h: 64\nimage_w: 96\nstart_filters: 2\nwarmup_steps: 2\n"
+    (tmp_path / "s1.yaml").write_text(f"epochs: 1\n{common}")
+    (tmp_path / "s2.yaml").write_text(f"epochs: 1\nlr: 0.0003\nbalance_trimesters: true\n{common}")
+    script = Path(__file__).parents[1] / "scripts" / "cross_validate.py"
+    for stage, extra in (("s1", []), ("s2", ["--init-from", str(tmp_path / "s1")])):
+        subprocess.run(
+            [sys.executable, str(script), str(synth), "--out", str(tmp_path / stage),
+             "--config", str(tmp_path / f"{stage}.yaml"), "--folds", "2", "--only", "0", *extra],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    first = Checkpoint.load(tmp_path / "s1" / "fold0" / "final.pt")
+    second = Checkpoint.load(tmp_path / "s2" / "fold0" / "final.pt")
+    assert second.meta["recipe"]["init_weights"] == str(tmp_path / "s1" / "fold0" / "final.pt")
+    held_out = sorted(first.meta["split"]["val_files"])
+    assert sorted(second.meta["split"]["val_files"]) == held_out and len(held_out) >= 4
+    maps = np.load(tmp_path / "s2" / "fold0" / "heldout_maps.npz")
+    assert sorted(maps["names"].tolist()) == held_out
+    assert maps["plain"].shape == (len(held_out), 64, 96)
