@@ -104,6 +104,7 @@ def main() -> None:
         folds = sorted({r["fold"] for r in rows} & {r["fold"] for r in base_rows})
         res = compare([r for r in base_rows if r["fold"] in folds], rows)
         res["folds"] = folds
+        res["runs"] = {"base": str(args.base), "variant": run}
         res["training_s"] = {
             "base": wall_time_s(args.base, folds),
             "variant": wall_time_s(Path(run), folds),

@@ -15,7 +15,8 @@ checkpoint's ``meta``:
   on those images (no labels are read), so that about 10 % of such images are
   flagged; without it, the 90th percentile of the folds' scores;
 - ``cross_validation``: the folds' accuracy and the paired TTA difference, which
-  decide ``inference.tta`` (on only if TTA lowered ADF by at least 0.1 mm).
+  decide ``inference.tta`` (on only if TTA lowered ADF by at least 0.1 mm); with
+  ``--recipes``, also the training recipes compared pair by pair on the same folds.
 
 The network's weights are not changed.
 
@@ -74,6 +75,12 @@ def main() -> None:
         help="unlabelled images on whose scores the flag's threshold is set",
     )
     ap.add_argument("--threshold-pixel-size-csv", type=Path)
+    ap.add_argument(
+        "--recipes",
+        type=Path,
+        help="benchmarks/compare_recipes.py's report.json: the training recipes compared on "
+        "the same folds, stored as cross_validation.recipes",
+    )
     args = ap.parse_args()
     if (args.threshold_images is None) != (args.threshold_pixel_size_csv is None):
         ap.error("--threshold-images and --threshold-pixel-size-csv go together")
@@ -108,6 +115,12 @@ def main() -> None:
         "tta_gain_adf_mm": tta_gain,
         "tta_rule": f"on only if cross-validated ADF is at least {TTA_MIN_GAIN_MM} mm lower",
     }
+    if args.recipes:
+        ck.meta["cross_validation"]["recipes"] = {
+            "base": "configs/cv5_resunet16.yaml",
+            "source": "benchmarks/compare_recipes.py (benchmarks/results/recipes/report.md)",
+            "comparisons": json.loads(args.recipes.read_text()),
+        }
     ck.meta.setdefault("inference", {})["tta"] = bool(tta_gain >= TTA_MIN_GAIN_MM)
     ck.meta["inference"]["level"] = args.boundary_level
     if args.threshold_images:
