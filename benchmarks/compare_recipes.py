@@ -27,11 +27,19 @@ from cv_report import TRIMESTERS, cluster_bootstrap, fmt, per_image
 
 
 def wall_time_s(run: Path, folds: list[int]) -> float:
-    """Training seconds of these folds, from each fold's ``log.csv``."""
+    """Training seconds of these folds, from each fold's ``log.csv``.
+
+    A fold fine-tuned from another run's weights (a second stage) adds the seconds of
+    the stage it started from.
+    """
     total = 0.0
     for k in folds:
-        with open(run / f"fold{k}" / "log.csv", newline="") as fh:
+        fold = run / f"fold{k}"
+        with open(fold / "log.csv", newline="") as fh:
             total += sum(float(r["seconds"]) for r in csv.DictReader(fh))
+        init = json.loads((fold / "config.json").read_text()).get("init_weights")
+        if init:
+            total += wall_time_s(Path(init).parents[1], [k])
     return total
 
 
