@@ -150,3 +150,17 @@ def test_deep_supervision_checkpoint_round_trip(tmp_path) -> None:
     assert ck.config.deep_supervision and isinstance(
         ck.build()(torch.rand(1, 1, 64, 96)), torch.Tensor
     )
+
+
+def test_shipped_weights_describe_themselves() -> None:
+    from fetalhead.predict import DEFAULT_WEIGHTS
+
+    ck = Checkpoint.load(DEFAULT_WEIGHTS)
+    meta = ck.meta
+    assert len(meta["split"]["val_files"]) == 128
+    assert meta["inference"] == {"tta": False, "level": 0.6}
+    assert {"hc_interval", "qc_flag"} <= set(meta["calibration"])
+    recipes = meta["cross_validation"]["recipes"]["comparisons"]
+    # The shipped two-stage recipe, cross-validated on folds 0-1 (361 held-out images).
+    assert recipes["shipped_recipe"]["folds"] == [0, 1] and recipes["shipped_recipe"]["n"] == 361
+    assert {"reference", "float32", "deep_supervision", "boundary"} <= set(recipes)
