@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from cv_report import TRIMESTERS, cluster_bootstrap, fmt, per_image
+from cv_report import TRIMESTERS, cluster_bootstrap, fmt, metric_summary, per_image
 
 
 def wall_time_s(run: Path, folds: list[int]) -> float:
@@ -43,6 +43,10 @@ def wall_time_s(run: Path, folds: list[int]) -> float:
     return total
 
 
+#: The per-image columns (``plain_<name>``) each recipe is summarised by.
+METRICS = ("dsc", "hd_mm", "df_mm")
+
+
 def compare(base: list[dict], variant: list[dict]) -> dict:
     """Paired metrics on the images both recipes measured."""
     by_name = {r["filename"]: r for r in base}
@@ -57,21 +61,8 @@ def compare(base: list[dict], variant: list[dict]) -> dict:
     tri = np.array([b["trimester"] for b, _ in pairs])
     out: dict = {"n": len(pairs)}
     for name, idx in (("base", 0), ("variant", 1)):
-        df = np.array([p[idx]["plain_df_mm"] for p in pairs])
-        out[name] = {
-            "dsc": cluster_bootstrap(np.array([p[idx]["plain_dsc"] for p in pairs]), g),
-            "hd_mm": cluster_bootstrap(np.array([p[idx]["plain_hd_mm"] for p in pairs]), g),
-            "adf_mm": cluster_bootstrap(np.abs(df), g),
-            "df_mm": cluster_bootstrap(df, g),
-            "by_trimester": {
-                t: {
-                    "n": int((tri == t).sum()),
-                    "adf_mm": cluster_bootstrap(np.abs(df[tri == t]), g[tri == t]),
-                    "df_mm": cluster_bootstrap(df[tri == t], g[tri == t]),
-                }
-                for t in TRIMESTERS
-            },
-        }
+        col = {k: np.array([p[idx][f"plain_{k}"] for p in pairs]) for k in METRICS}
+        out[name] = metric_summary(col["dsc"], col["hd_mm"], col["df_mm"], g, tri)
     diff = np.array([abs(v["plain_df_mm"]) - abs(b["plain_df_mm"]) for b, v in pairs])
     out["adf_diff_mm"] = cluster_bootstrap(diff, g)
     out["adf_diff_by_trimester_mm"] = {

@@ -149,6 +149,27 @@ def fmt(m: tuple[float, float, float], scale: float = 1.0, sign: bool = False) -
     return f"{m[0] * scale:{s}.2f} ({m[1] * scale:{s}.2f} to {m[2] * scale:{s}.2f})"
 
 
+def metric_summary(
+    dsc: np.ndarray, hd_mm: np.ndarray, df_mm: np.ndarray, groups: np.ndarray, tri: np.ndarray
+) -> dict:
+    """DSC, HD, ADF and DF with bootstrap intervals over ``groups``; ADF and DF by trimester."""
+    adf = np.abs(df_mm)
+    return {
+        "dsc": cluster_bootstrap(dsc, groups),
+        "hd_mm": cluster_bootstrap(hd_mm, groups),
+        "adf_mm": cluster_bootstrap(adf, groups),
+        "df_mm": cluster_bootstrap(df_mm, groups),
+        "by_trimester": {
+            t: {
+                "n": int((tri == t).sum()),
+                "adf_mm": cluster_bootstrap(adf[tri == t], groups[tri == t]),
+                "df_mm": cluster_bootstrap(df_mm[tri == t], groups[tri == t]),
+            }
+            for t in TRIMESTERS
+        },
+    }
+
+
 def accuracy_tables(rows: list[dict]) -> tuple[str, dict]:
     g = np.array([r["prefix"] for r in rows])
     tri = np.array([r["trimester"] for r in rows])
@@ -159,25 +180,11 @@ def accuracy_tables(rows: list[dict]) -> tuple[str, dict]:
     ]
     for v in ("plain", "tta"):
         col = {k: np.array([r[f"{v}_{k}"] for r in rows], float) for k in ("dsc", "hd_mm", "df_mm")}
-        adf = np.abs(col["df_mm"])
-        res = {
-            "dsc": cluster_bootstrap(col["dsc"], g),
-            "hd_mm": cluster_bootstrap(col["hd_mm"], g),
-            "adf_mm": cluster_bootstrap(adf, g),
-            "df_mm": cluster_bootstrap(col["df_mm"], g),
-            "by_trimester": {
-                t: {
-                    "n": int((tri == t).sum()),
-                    "adf_mm": cluster_bootstrap(adf[tri == t], g[tri == t]),
-                    "df_mm": cluster_bootstrap(col["df_mm"][tri == t], g[tri == t]),
-                }
-                for t in TRIMESTERS
-            },
-        }
+        res = metric_summary(col["dsc"], col["hd_mm"], col["df_mm"], g, tri)
         out[v] = res
         lines.append(
-            f"| {v} | {np.isfinite(adf).sum()} | {fmt(res['dsc'], 100)} | {fmt(res['hd_mm'])} | "
-            f"{fmt(res['adf_mm'])} | {fmt(res['df_mm'], sign=True)} |"
+            f"| {v} | {np.isfinite(col['df_mm']).sum()} | {fmt(res['dsc'], 100)} | "
+            f"{fmt(res['hd_mm'])} | {fmt(res['adf_mm'])} | {fmt(res['df_mm'], sign=True)} |"
         )
     lines += ["", "| variant | trimester | n | ADF mm | DF mm |", "|---|---|---|---|---|"]
     for v in ("plain", "tta"):
