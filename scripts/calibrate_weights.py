@@ -1,8 +1,11 @@
 """Attach the cross-validated calibration and evidence to the shipped weights.
 
-Reads the per-image held-out rows that ``benchmarks/cv_report.py`` cached for each
-fold (``RUNS/foldK/heldout_rows.json``) and its ``report.json``, then stores in the
-checkpoint's ``meta``:
+Reads the per-image held-out rows of the cross-validation folds, either as
+``benchmarks/cv_report.py`` cached them in each fold's run folder
+(``RUNS/foldK/heldout_rows_levelP.json``) or from the ``per_image.csv`` it writes
+(committed as ``benchmarks/results/cv5/per_image.csv``, so that the calibration can be
+redone without the runs), and its ``report.json``, then stores in the checkpoint's
+``meta``:
 
 - ``calibration.hc_interval``: split-conformal HC intervals at 80, 90 and 95 %,
   calibrated on every held-out image of the folds;
@@ -23,14 +26,17 @@ The network's weights are not changed.
 Usage::
 
     python scripts/calibrate_weights.py runs/cv5 benchmarks/results/cv5/report.json
+    python scripts/calibrate_weights.py benchmarks/results/cv5/per_image.csv REPORT
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,9 +63,49 @@ def shipped_scores(ck: Checkpoint, folder: Path, pixel_csv: Path) -> list[float]
     return scores
 
 
+def read_per_image_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Held-out rows from ``cv_report.py``'s ``per_image.csv``, and the folds they came from.
+
+    Numbers are read back as floats and the fold as an int; an empty cell (a feature
+    that was not computed, e.g. where no head was found) leaves its key out, as in the
+    cached JSON rows.
+    """
+    rows = []
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v == "":
+                    continue
+                try:
+                    row[k] = float(v)
+                except ValueError:
+                    row[k] = v
+            row["fold"] = int(row["fold"])
+            rows.append(row)
+    return rows, [f"fold{k}" for k in sorted({r["fold"] for r in rows})]
+
+
+def read_heldout_rows(
+    source: Path, boundary_level: float
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The held-out rows and fold names, from a runs folder or a ``per_image.csv``."""
+    if source.suffix == ".csv":
+        return read_per_image_csv(source)
+    rows, folds = [], []
+    for f in sorted(source.glob(f"fold*/heldout_rows_level{boundary_level:g}.json")):
+        rows += json.loads(f.read_text())
+        folds.append(f.parent.name)
+    return rows, folds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", type=Path)
+    ap.add_argument(
+        "heldout",
+        type=Path,
+        help="the cross-validation runs folder, or cv_report.py's per_image.csv",
+    )
     ap.add_argument("report", type=Path)
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument(
@@ -84,11 +130,9 @@ def main() -> None:
     args = ap.parse_args()
     if (args.threshold_images is None) != (args.threshold_pixel_size_csv is None):
         ap.error("--threshold-images and --threshold-pixel-size-csv go together")
-    rows = []
-    folds = []
-    for f in sorted(args.runs.glob(f"fold*/heldout_rows_level{args.boundary_level:g}.json")):
-        rows += json.loads(f.read_text())
-        folds.append(f.parent.name)
+    rows, folds = read_heldout_rows(args.heldout, args.boundary_level)
+    if not rows:
+        ap.error(f"{args.heldout}: no held-out rows at boundary level {args.boundary_level:g}")
     for r in rows:  # the HC band each row's interval is calibrated in
         if np.isfinite(r.get("plain_hc_mm", np.nan)):
             r["band"] = band_of(r["plain_hc_mm"])

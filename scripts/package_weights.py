@@ -3,7 +3,8 @@
 Usage:
     .venv/bin/python scripts/package_weights.py RUN_DIR EVAL_DIR [--out WEIGHTS.pt]
 
-Reads RUN_DIR/best.pt, RUN_DIR/log.csv (training wall time; for a fine-tuned run
+Reads RUN_DIR/final.pt (the last epoch; ``--checkpoint best.pt`` for the epoch that
+validation chose), RUN_DIR/log.csv (training wall time; for a fine-tuned run
 also the log.csv of the run it started from) and EVAL_DIR/summary.json (from
 ``fetalhead evaluate``), and stores them together in the checkpoint's metadata so
 that the weights describe themselves.
@@ -41,12 +42,23 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("eval_dir", type=Path)
     ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument(
+        "--checkpoint",
+        default="final.pt",
+        help="which of the run's checkpoints: final.pt (the last epoch, as cross-validation "
+        "scores it) or best.pt (the epoch with the best validation Dice)",
+    )
     args = ap.parse_args()
 
-    ck = Checkpoint.load(args.run_dir / "best.pt")
+    ck = Checkpoint.load(args.run_dir / args.checkpoint)
     summary = json.loads((args.eval_dir / "summary.json").read_text())
     stages = training_stages(args.run_dir, ck)
     ck.meta["training_stages"] = stages
+    ck.meta["checkpoint_chosen"] = (
+        "the last epoch, chosen without looking at validation"
+        if args.checkpoint == "final.pt"
+        else f"{args.checkpoint} of {args.run_dir}"
+    )
     ck.meta["training_wall_time_s"] = round(sum(float(s["wall_time_s"]) for s in stages), 1)
     ck.meta["epochs_run"] = sum(int(s["epochs"]) for s in stages)
     ck.meta["parameters"] = count_parameters(ck.build())
