@@ -6,7 +6,10 @@ shares with the base recipe are post-processed as ``fetalhead predict`` does
 (``benchmarks/cv_report.py``, the same cache) and compared on the same held-out
 images: HC18 metrics of each, the paired ADF difference (variant - base) with a 95 %
 bootstrap interval over scan prefixes, per trimester, and the training wall time
-of those folds on this machine.
+of those folds on this machine. The base may also be given as the ``per_image.csv``
+that ``cv_report.py`` wrote for it (``benchmarks/results/cv5/per_image.csv`` is the
+8-epoch recipe's, committed), for when its runs are no longer at hand; its training
+time is then not known.
 
 Usage::
 
@@ -23,7 +26,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from cv_report import TRIMESTERS, cluster_bootstrap, fmt, metric_summary, per_image
+from cv_report import (
+    TRIMESTERS,
+    cluster_bootstrap,
+    fmt,
+    metric_summary,
+    per_image,
+    read_per_image_csv,
+)
 
 
 def wall_time_s(run: Path, folds: list[int]) -> float:
@@ -74,14 +84,23 @@ def compare(base: list[dict], variant: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
-    ap.add_argument("--base", required=True, type=Path, help="the reference recipe's runs")
+    ap.add_argument(
+        "--base",
+        required=True,
+        type=Path,
+        help="the reference recipe's runs, or its per_image.csv from cv_report.py",
+    )
     ap.add_argument(
         "--variant", action="append", required=True, help="NAME=RUN_DIR, may be repeated"
     )
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--boundary-level", type=float, default=0.6)
     args = ap.parse_args()
-    base_rows = per_image(args.data, args.base, args.boundary_level)
+    from_csv = args.base.suffix == ".csv"
+    if from_csv:
+        base_rows = read_per_image_csv(args.base)[0]
+    else:
+        base_rows = per_image(args.data, args.base, args.boundary_level)
     lines = [
         f"# Recipes against {args.base} (paired, same folds and images; boundary at p = "
         f"{args.boundary_level:g}; 95 % bootstrap intervals over scan prefixes)",
@@ -105,7 +124,7 @@ def main() -> None:
         res["folds"] = folds
         res["runs"] = {"base": str(args.base), "variant": run}
         res["training_s"] = {
-            "base": wall_time_s(args.base, folds),
+            "base": None if from_csv else wall_time_s(args.base, folds),
             "variant": wall_time_s(Path(run), folds),
         }
         report[name] = res
@@ -117,7 +136,8 @@ def main() -> None:
             delta = "" if key == "base" else fmt(res["adf_diff_mm"], sign=True)
             lines.append(
                 f"| {label} | {folds} | {res['n']} | {fmt(m['dsc'], 100)} | {fmt(m['hd_mm'])} | "
-                f"{fmt(m['adf_mm'])} | {fmt(m['df_mm'], sign=True)} | {delta} | {secs:.0f} |"
+                f"{fmt(m['adf_mm'])} | {fmt(m['df_mm'], sign=True)} | {delta} | "
+                f"{'' if secs is None else f'{secs:.0f}'} |"
             )
             for t in TRIMESTERS:
                 b = m["by_trimester"][t]

@@ -26,6 +26,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -127,6 +128,29 @@ def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
             rows.append(row)
         cached.write_text(json.dumps(rows[start:]))
     return rows
+
+
+def read_per_image_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Held-out rows from ``cv_report.py``'s ``per_image.csv``, and the folds they came from.
+
+    Numbers are read back as floats and the fold as an int; an empty cell (a feature
+    that was not computed, e.g. where no head was found) leaves its key out, as in the
+    cached JSON rows.
+    """
+    rows = []
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v == "":
+                    continue
+                try:
+                    row[k] = float(v)
+                except ValueError:
+                    row[k] = v
+            row["fold"] = int(row["fold"])
+            rows.append(row)
+    return rows, [f"fold{k}" for k in sorted({r["fold"] for r in rows})]
 
 
 def cluster_bootstrap(values: np.ndarray, groups: np.ndarray, n: int = 2000, seed: int = 0):

@@ -32,9 +32,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ from fetalhead.model import Checkpoint
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
 from fetalhead.readers.tables import read_pixel_size_csv
 from fetalhead.uncertainty import LEVELS, band_of, fit_flag, fit_interval
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+from cv_report import read_per_image_csv
 
 #: TTA is recommended only if cross-validation shows at least this much less ADF (mm).
 TTA_MIN_GAIN_MM = 0.1
@@ -61,29 +65,6 @@ def shipped_scores(ck: Checkpoint, folder: Path, pixel_csv: Path) -> list[float]
         if m.flag_score is not None:
             scores.append(m.flag_score)
     return scores
-
-
-def read_per_image_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Held-out rows from ``cv_report.py``'s ``per_image.csv``, and the folds they came from.
-
-    Numbers are read back as floats and the fold as an int; an empty cell (a feature
-    that was not computed, e.g. where no head was found) leaves its key out, as in the
-    cached JSON rows.
-    """
-    rows = []
-    with open(path, newline="") as fh:
-        for raw in csv.DictReader(fh):
-            row: dict[str, Any] = {}
-            for k, v in raw.items():
-                if v == "":
-                    continue
-                try:
-                    row[k] = float(v)
-                except ValueError:
-                    row[k] = v
-            row["fold"] = int(row["fold"])
-            rows.append(row)
-    return rows, [f"fold{k}" for k in sorted({r["fold"] for r in rows})]
 
 
 def read_heldout_rows(
