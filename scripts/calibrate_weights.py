@@ -4,7 +4,8 @@ Reads the per-image held-out rows of the cross-validation folds, either as
 ``benchmarks/cv_report.py`` cached them in each fold's run folder
 (``RUNS/foldK/heldout_rows_levelP.json``) or from the ``per_image.csv`` it writes
 (committed as ``benchmarks/results/cv5/per_image.csv``, so that the calibration can be
-redone without the runs), and its ``report.json``, then stores in the checkpoint's
+redone without the runs; its rows are at the boundary level the report was made at,
+P = 0.6 for the committed one), and its ``report.json``, then stores in the checkpoint's
 ``meta``:
 
 - ``calibration.hc_interval``: split-conformal HC intervals at 80, 90 and 95 %,
