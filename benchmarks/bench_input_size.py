@@ -51,12 +51,11 @@ def main() -> None:
     for text in args.sizes:
         h, w = parse_size(text)
         torch.manual_seed(0)
-        ck = Checkpoint.from_model(
-            ResUNet(ModelConfig(start_filters=16, dropout=0.5, input_hw=(h, w))).eval()
-        )
+        model = ResUNet(ModelConfig(start_filters=16, dropout=0.5, input_hw=(h, w))).eval()
+        ck = Checkpoint.from_model(model)
         counter = FlopCounterMode(display=False)
         with counter, torch.inference_mode():
-            ck.build().eval()(torch.zeros(1, 1, h, w))
+            model(torch.zeros(1, 1, h, w))
         cells = []
         x = np.random.default_rng(0).random((args.batch, 1, h, w), dtype=np.float32)
         for name in backends:

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from cv_report import TRIMESTERS, cluster_bootstrap, fmt
+from cv_report import TRIMESTERS, cluster_bootstrap, fmt, metric_summary
 
 from fetalhead.data import scan_prefix
 
@@ -48,15 +48,21 @@ def paired(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]) -> dict[s
     return cols
 
 
-def summarise(cols: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, list[float]]:
-    g = cols["prefix"][sel]
-    out = {}
-    for key in ("dsc", "hd_mm", "adf_mm", "df_mm"):
-        a, b = cols[f"a_{key}"][sel], cols[f"b_{key}"][sel]
-        out[f"a_{key}"] = list(cluster_bootstrap(a, g))
-        out[f"b_{key}"] = list(cluster_bootstrap(b, g))
-        out[f"b_minus_a_{key}"] = list(cluster_bootstrap(b - a, g))
-    return out
+def summarise(cols: dict[str, np.ndarray]) -> dict:
+    """Each side's :func:`cv_report.metric_summary`, and the paired differences B - A."""
+    g, tri = cols["prefix"], cols["trimester"]
+    res: dict = {
+        side: metric_summary(
+            cols[f"{side}_dsc"], cols[f"{side}_hd_mm"], cols[f"{side}_df_mm"], g, tri
+        )
+        for side in ("a", "b")
+    }
+    diff = {k: cols[f"b_{k}"] - cols[f"a_{k}"] for k in ("dsc", "hd_mm", "adf_mm", "df_mm")}
+    res["b_minus_a"] = {k: cluster_bootstrap(d, g) for k, d in diff.items()}
+    res["b_minus_a_adf_by_trimester"] = {
+        t: cluster_bootstrap(diff["adf_mm"][tri == t], g[tri == t]) for t in TRIMESTERS
+    }
+    return res
 
 
 def main() -> None:
@@ -75,24 +81,21 @@ def main() -> None:
     print(f"{n} images measured by both (paired); {len(a) - n} left out (no head in one)\n")
     print(f"| metric | {na} | {nb} | {nb} - {na} |")
     print("|---|---|---|---|")
-    everything = np.ones(n, bool)
-    res = {"n": n, "names": [na, nb], "all": summarise(cols, everything)}
+    res = {"n": n, "names": [na, nb], **summarise(cols)}
     for key, label, scale in (*METRICS, ("df_mm", "DF mm", 1.0)):
-        s = res["all"]
         sign = key == "df_mm"
         print(
-            f"| {label} | {fmt(s[f'a_{key}'], scale, sign)} | {fmt(s[f'b_{key}'], scale, sign)} |"
-            f" {fmt(s[f'b_minus_a_{key}'], scale, sign=True)} |"
+            f"| {label} | {fmt(res['a'][key], scale, sign)} | {fmt(res['b'][key], scale, sign)} |"
+            f" {fmt(res['b_minus_a'][key], scale, sign=True)} |"
         )
     print(f"\n| trimester | n | ADF {na} | ADF {nb} | ADF {nb} - {na} | DF {na} | DF {nb} |")
     print("|---|---|---|---|---|---|---|")
     for t in TRIMESTERS:
-        sel = cols["trimester"] == t
-        s = res[t] = {"n": int(sel.sum()), **summarise(cols, sel)}
+        a_t, b_t = res["a"]["by_trimester"][t], res["b"]["by_trimester"][t]
         print(
-            f"| {t} | {s['n']} | {fmt(s['a_adf_mm'])} | {fmt(s['b_adf_mm'])} | "
-            f"{fmt(s['b_minus_a_adf_mm'], sign=True)} | {fmt(s['a_df_mm'], sign=True)} | "
-            f"{fmt(s['b_df_mm'], sign=True)} |"
+            f"| {t} | {a_t['n']} | {fmt(a_t['adf_mm'])} | {fmt(b_t['adf_mm'])} | "
+            f"{fmt(res['b_minus_a_adf_by_trimester'][t], sign=True)} | "
+            f"{fmt(a_t['df_mm'], sign=True)} | {fmt(b_t['df_mm'], sign=True)} |"
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
