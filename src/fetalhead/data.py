@@ -205,6 +205,25 @@ def kfold_by_prefix(
     return train, val
 
 
+def letterboxed_sample(
+    image: NDArray[np.uint8],
+    ref: Ellipse,
+    size_hw: tuple[int, int],
+    keep_aspect: bool = True,
+    supersample: int = 8,
+) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """An image letterboxed into the network input, and its soft ellipse target.
+
+    ``supersample`` is that of :func:`render_ellipse_coverage` (4 renders 4 times
+    faster, with coverage within 1/8 of 8's at every pixel).
+    """
+    lb = Letterbox(image.shape[0], image.shape[1], size_hw[0], size_hw[1], keep_aspect)
+    target = render_ellipse_coverage(lb.ellipse_to_net(ref), size_hw, supersample)
+    # Nothing outside the letterboxed image can be head.
+    valid = lb.apply(np.ones(image.shape, np.uint8), cv2.INTER_NEAREST).astype(np.float32)
+    return lb.apply(image), target * valid
+
+
 class CachedCases:
     """Letterboxed images and soft ellipse targets of cases, held in memory.
 
@@ -213,23 +232,30 @@ class CachedCases:
     """
 
     def __init__(
-        self, cases: list[Case], size_hw: tuple[int, int], keep_aspect: bool = True
+        self,
+        cases: list[Case],
+        size_hw: tuple[int, int],
+        keep_aspect: bool = True,
+        keep_originals: bool = False,
     ) -> None:
         self.cases = cases
+        self.size_hw = size_hw
+        self.keep_aspect = keep_aspect
         self.images: list[NDArray[np.uint8]] = []
         self.targets: list[NDArray[np.float32]] = []
         #: Original ``(height, width)`` of each case.
         self.shapes: list[tuple[int, int]] = []
+        #: Original images and reference ellipses (only with ``keep_originals``, for crops).
+        self.originals: list[tuple[NDArray[np.uint8], Ellipse]] = []
         for case in cases:
             img = read_gray(case.image)
             self.shapes.append((img.shape[0], img.shape[1]))
-            lb = Letterbox(img.shape[0], img.shape[1], size_hw[0], size_hw[1], keep_aspect)
-            self.images.append(lb.apply(img))
-            e = lb.ellipse_to_net(label_ellipse(case))
-            target = render_ellipse_coverage(e, size_hw)
-            # Nothing outside the letterboxed image can be head.
-            valid = lb.apply(np.ones(img.shape, np.uint8), cv2.INTER_NEAREST).astype(np.float32)
-            self.targets.append(target * valid)
+            ref = label_ellipse(case)
+            image, target = letterboxed_sample(img, ref, size_hw, keep_aspect)
+            self.images.append(image)
+            self.targets.append(target)
+            if keep_originals:
+                self.originals.append((img, ref))
 
     def __len__(self) -> int:
         return len(self.cases)

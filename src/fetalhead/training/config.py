@@ -61,6 +61,10 @@ class TrainConfig:
             often. Off: every image once per epoch.
         deep_supervision: Add losses on the coarser decoder levels (see
             :class:`fetalhead.model.ModelConfig`).
+        crop_fraction: Share of training samples that are a box around the reference
+            head at a random margin (see :class:`fetalhead.training.samples.HeadDataset`),
+            which teaches the network the second pass of a two-pass measurer
+            (``refine``). 0: whole images only.
         init_weights: Start from this checkpoint's weights (fine-tuning). Its
             architecture must match, and it must have been trained with the same
             validation files, so that no validation image was ever trained on.
@@ -94,6 +98,7 @@ class TrainConfig:
     balance_trimesters: bool = False
     init_weights: str | None = None
     deep_supervision: bool = False
+    crop_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in get_args(LossName):
@@ -103,6 +108,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_h", "image_w", "start_filters"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction must be in [0, 1], got {self.crop_fraction}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.precision not in ("auto", "float32", "bfloat16"):

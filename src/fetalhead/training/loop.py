@@ -178,13 +178,13 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
         raise ValueError(f"{cfg.data}: no training cases after the split")
     logger.info("%d train / %d val cases (split by scan prefix)", len(train_cases), len(val_cases))
     hw = (cfg.image_h, cfg.image_w)
-    train_cache = CachedCases(train_cases, hw, cfg.keep_aspect)
+    train_cache = CachedCases(train_cases, hw, cfg.keep_aspect, cfg.crop_fraction > 0)
     val_cache = CachedCases(val_cases, hw, cfg.keep_aspect)
 
     _seed_all(cfg.seed)
     model = ResUNet(cfg.model_config).to(device)
     augment = build_augmentation(cfg.seed) if cfg.augment else None
-    train_ds = HeadDataset(train_cache, augment)
+    train_ds = HeadDataset(train_cache, augment, cfg.crop_fraction)
     sampler: DistributedSampler | WeightedEpochSampler
     if cfg.balance_trimesters:
         sampler = WeightedEpochSampler(

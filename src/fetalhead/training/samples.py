@@ -12,7 +12,9 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import Dataset, Sampler
 
-from fetalhead.data import CachedCases, Case
+from fetalhead.data import CachedCases, Case, letterboxed_sample
+from fetalhead.geometry.crop import head_crop_box
+from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.gestation import hadlock_1984, trimester
 
 
@@ -78,17 +80,51 @@ class WeightedEpochSampler(Sampler[int]):
 
 
 class HeadDataset(Dataset):
-    """Cached letterboxed images with soft targets and optional augmentation."""
+    """Cached letterboxed images with soft targets and optional augmentation.
 
-    def __init__(self, cache: CachedCases, augment: A.Compose | None) -> None:
+    With ``crop_fraction > 0`` (the cache must keep its originals), that share of
+    the samples is instead a box around the reference head
+    (:func:`fetalhead.geometry.crop.head_crop_box`) with a random margin drawn
+    log-uniformly from ``crop_margin`` and a random shift of up to
+    ``crop_shift`` of the box, letterboxed into the network input: the head at
+    nearly one scale whatever its size, as the second pass of a two-pass
+    measurer sees it, with the jitter of a first pass's ellipse.
+    """
+
+    def __init__(
+        self,
+        cache: CachedCases,
+        augment: A.Compose | None,
+        crop_fraction: float = 0.0,
+        crop_margin: tuple[float, float] = (1.1, 1.8),
+        crop_shift: float = 0.08,
+    ) -> None:
+        if crop_fraction > 0 and len(cache.originals) != len(cache):
+            raise ValueError("head crops need a cache built with keep_originals=True")
         self.cache = cache
         self.augment = augment
+        self.crop_fraction = crop_fraction
+        self.crop_margin = crop_margin
+        self.crop_shift = crop_shift
 
     def __len__(self) -> int:
         return len(self.cache)
 
+    def _crop_sample(self, i: int) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+        image, ref = self.cache.originals[i]
+        lo, hi = np.log(self.crop_margin[0]), np.log(self.crop_margin[1])
+        margin = float(np.exp(np.random.uniform(lo, hi)))
+        shift = np.random.uniform(-self.crop_shift, self.crop_shift, size=2)
+        box = head_crop_box(ref, image.shape, self.cache.size_hw, margin, (shift[0], shift[1]))
+        local = Ellipse(ref.cx - box.x0, ref.cy - box.y0, ref.a, ref.b, ref.angle)
+        sub = image[box.y0 : box.y1, box.x0 : box.x1]
+        return letterboxed_sample(sub, local, self.cache.size_hw, self.cache.keep_aspect, 4)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img, target = self.cache.images[i], self.cache.targets[i]
+        if self.crop_fraction > 0 and np.random.random() < self.crop_fraction:
+            img, target = self._crop_sample(i)
+        else:
+            img, target = self.cache.images[i], self.cache.targets[i]
         if self.augment is not None:
             out = self.augment(image=img, mask=target)
             img, target = out["image"], out["mask"]
