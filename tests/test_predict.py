@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, MINI, TINY, OracleBackend, predict_cli, synthetic_scan
+from conftest import EXAMPLES, FINE_CONFIG, MINI, TINY, OracleBackend, predict_cli, synthetic_scan
 from fetalhead.batch import collect_inputs
 from fetalhead.cli import _print_table, main
 from fetalhead.data import find_cases, label_ellipse
@@ -460,3 +460,75 @@ def test_weights_choose_the_boundary_level() -> None:
         assert m.describe()["boundary_level"] == level
     # A higher iso-level lies inside the soft edge of the map: a smaller head.
     assert hc[0.6] < hc[0.5]
+
+
+class _CountingRing:
+    """The ring-segmenting backend of conftest, counting the images it is given."""
+
+    name = "ring"
+
+    def __init__(self, second_pass=None) -> None:
+        from conftest import RingBackend
+
+        self.ring, self.second_pass, self.calls, self.images = RingBackend(), second_pass, 0, 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.images += len(batch)
+        if self.calls == 2 and self.second_pass is not None:
+            return self.second_pass(batch)
+        return self.ring(batch)
+
+
+def ring_measurer(backend, refine: bool) -> HeadMeasurer:
+    m = HeadMeasurer(
+        Checkpoint.from_model(ResUNet(FINE_CONFIG)),
+        backend="torch",
+        refine=refine,
+        reject_non_heads=False,
+    )
+    m.backend = backend
+    return m
+
+
+def test_refine_measures_a_small_head_on_finer_pixels() -> None:
+    """A small head, 80 x 56 px in 540 x 800: the crop gives it 6 times the network pixels."""
+    e = Ellipse(500, 300, 40, 28, 0.4)
+    img, _ = synthetic_scan(e, (540, 800))
+    truth = e.perimeter * 0.1
+    one = ring_measurer(_CountingRing(), refine=False).measure(img, 0.1)
+    backend = _CountingRing()
+    two = ring_measurer(backend, refine=True).measure(img, 0.1)
+    assert backend.calls == 2 and backend.images == 2
+    assert two.qc == one.qc == "ok"
+    assert abs(two.hc_mm - truth) < 0.5 * abs(one.hc_mm - truth)
+    assert two.hc_mm == pytest.approx(truth, rel=0.01)
+    # Centre and axes are back in the image's pixels.
+    assert (two.ellipse.cx, two.ellipse.cy) == pytest.approx((500, 300), abs=1.0)
+
+
+def test_refine_skips_heads_that_fill_the_image() -> None:
+    e = Ellipse(400, 270, 300, 220, 0.0)
+    img, _ = synthetic_scan(e, (540, 800))
+    backend = _CountingRing()
+    r = ring_measurer(backend, refine=True).measure(img, 0.1)
+    assert backend.calls == 1 and r.qc == "ok"
+
+
+def test_refine_keeps_the_first_ellipse_if_the_crop_cuts_the_head() -> None:
+    """A second pass whose head runs into the crop's sides inside the image is not used."""
+    e = Ellipse(500, 300, 40, 28, 0.4)
+    img, _ = synthetic_scan(e, (540, 800))
+    one = ring_measurer(_CountingRing(), refine=False).measure(img, 0.1)
+    everything = _CountingRing(second_pass=lambda b: np.ones((len(b), *b.shape[2:]), np.float32))
+    two = ring_measurer(everything, refine=True).measure(img, 0.1)
+    assert everything.calls == 2
+    assert two.ellipse == one.ellipse and two.hc_mm == one.hc_mm
+
+
+def test_refine_follows_the_weights_unless_told(tmp_path) -> None:
+    ck = Checkpoint.from_model(ResUNet(TINY), {"inference": {"refine": True}})
+    assert HeadMeasurer(ck, backend="torch").refine is True
+    assert HeadMeasurer(ck, backend="torch", refine=False).refine is False
+    assert HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch").refine is False
+    assert HeadMeasurer(ck, backend="torch").describe()["refine"] is True

@@ -115,6 +115,12 @@ def _add_tta(p: argparse.ArgumentParser) -> None:
         help="average with a left-right flipped pass (default: as the weights recommend; "
         "on for the shipped weights)",
     )
+    p.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        help="measure in two passes, the second on a crop around the head found by the "
+        "first (default: as the weights recommend)",
+    )
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -267,6 +273,7 @@ def _measurer(args: argparse.Namespace):
         args.weights,
         backend=args.backend,
         tta=args.tta,
+        refine=args.refine,
         postprocess=args.postprocess,
         threads=getattr(args, "threads", None),
         compile=getattr(args, "compile", False),

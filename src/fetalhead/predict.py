@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fetalhead.geometry.ellipse import boundary_rms
+from fetalhead.geometry.crop import head_crop_box
+from fetalhead.geometry.ellipse import Ellipse, boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.image import InputError, LoadedImage, to_uint8_gray
 from fetalhead.infer.backends import BackendName, make_backend, preprocess
@@ -29,12 +30,20 @@ from fetalhead.measure import Measurement
 from fetalhead.model import Checkpoint, file_sha256
 from fetalhead.plausibility import DEFAULT_MODEL as DEFAULT_REJECTOR
 from fetalhead.plausibility import HeadRejector, head_features
-from fetalhead.postprocess import PostprocessName, postprocess
+from fetalhead.postprocess import BORDER_TOL_PX, MAX_BORDER_FRACTION, PostprocessName, postprocess
 from fetalhead.readers import read_image
 from fetalhead.spacing import ResolvedSpacing, region_of_head, resolve_pixel_size, square_pixels
 from fetalhead.uncertainty import flag_model, interval_features, interval_model, profile_features
 
 logger = logging.getLogger(__name__)
+
+#: Crop of the second pass (``refine``): this many times the first pass's head box,
+#: the geometric middle of the margins the crop-trained weights saw (1.1-1.8).
+REFINE_MARGIN = 1.4
+
+#: The second pass runs only where its crop gives the head at least this many times
+#: more network pixels than the whole image did (else it would repeat the first pass).
+REFINE_MIN_ZOOM = 1.1
 
 #: Where the shipped weights live inside the package.
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "hc18_resunet16.pt"
@@ -69,6 +78,12 @@ class HeadMeasurer:
             (:mod:`fetalhead.plausibility`; ``no_head_found``, no numbers).
         interval_level: Coverage of the calibrated HC interval, one of the levels the
             weights carry (0.8, 0.9 or 0.95 for the shipped ones).
+        refine: Measure in two passes: find the head on the whole image, then measure
+            it again on a crop that holds it at one scale (``REFINE_MARGIN`` times its
+            box), for weights trained on such crops (``crop_fraction``). The second
+            pass gives the ellipse; the qc, the interval and the non-head check come
+            from the first, as calibrated. ``None`` (default): as the checkpoint
+            recommends (``meta["inference"]["refine"]``), else off.
 
     """
 
@@ -84,11 +99,13 @@ class HeadMeasurer:
         weights_path: Path | None = None,
         reject_non_heads: bool = True,
         interval_level: float = 0.9,
+        refine: bool | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.config = checkpoint.config
-        recommended = checkpoint.meta.get("inference", {}).get("tta", False)
-        self.tta = bool(recommended if tta is None else tta)
+        inference = checkpoint.meta.get("inference", {})
+        self.tta = bool(inference.get("tta", False) if tta is None else tta)
+        self.refine = bool(inference.get("refine", False) if refine is None else refine)
         #: Iso-probability of the head boundary: as the weights recommend, else 0.5.
         self.level = float(checkpoint.meta.get("inference", {}).get("level", 0.5))
         self.postprocess_method: PostprocessName = postprocess
@@ -97,6 +114,7 @@ class HeadMeasurer:
         self.settings: dict[str, Any] = {
             "backend": backend,
             "tta": self.tta,
+            "refine": self.refine,
             "postprocess": postprocess,
             "compile": compile,
             "reject_non_heads": reject_non_heads,
@@ -165,12 +183,58 @@ class HeadMeasurer:
         prepared = [preprocess(img, self.config) for img in images]
         batch = np.stack([x for x, _ in prepared])[:, None]
         probs = self._probabilities(batch)
-        return [
+        results = [
             self._finish(img, prob, lb, px, name)
             for img, prob, (_, lb), px, name in zip(
                 images, probs, prepared, pixel_sizes_mm, names, strict=True
             )
         ]
+        if self.refine:
+            self._refine(images, results)
+        return results
+
+    def _refine(self, images: list[NDArray[np.uint8]], results: list[Measurement]) -> None:
+        """Second pass: re-measure each found head on a crop around it, in place.
+
+        The refined ellipse replaces the first one unless the second pass finds no
+        head or its head runs into a side of the crop that lies inside the image
+        (then the crop was cut from a wrong first ellipse, and the first is kept).
+        """
+        net_h, net_w = self.config.input_hw
+        todo, boxes = [], []
+        for i, r in enumerate(results):
+            if r.ellipse is None:
+                continue
+            box = head_crop_box(r.ellipse, images[i].shape, (net_h, net_w), REFINE_MARGIN)
+            (h, w), (full_h, full_w) = box.shape, images[i].shape
+            zoom = min(net_h / h, net_w / w) / min(net_h / full_h, net_w / full_w)
+            if zoom >= REFINE_MIN_ZOOM:
+                todo.append((i, r.ellipse))
+                boxes.append(box)
+        if not todo:
+            return
+        subs = [images[i][b.y0 : b.y1, b.x0 : b.x1] for (i, _), b in zip(todo, boxes, strict=True)]
+        prepared = [preprocess(sub, self.config) for sub in subs]
+        probs = self._probabilities(np.stack([x for x, _ in prepared])[:, None])
+        for (i, _), box, prob, (_, lb) in zip(todo, boxes, probs, prepared, strict=True):
+            e, contour, _, _ = postprocess(prob, lb, self.postprocess_method, level=self.level)
+            if e is None or contour is None:
+                continue
+            h, w = box.shape
+            tol = BORDER_TOL_PX if self.postprocess_method == "full" else 1.0 / min(lb.scale)
+            x, y = contour[:, 0], contour[:, 1]
+            inner = box.is_inner_edge(images[i].shape)
+            touching = (
+                (inner[0] & (x < tol - 0.5))
+                | (inner[1] & (y < tol - 0.5))
+                | (inner[2] & (x > w - 0.5 - tol))
+                | (inner[3] & (y > h - 0.5 - tol))
+            )
+            if touching.mean() > MAX_BORDER_FRACTION:
+                continue
+            r = results[i]
+            r.ellipse = Ellipse(e.cx + box.x0, e.cy + box.y0, e.a, e.b, e.angle)
+            r.contour = contour + np.array([box.x0, box.y0], dtype=np.float64)
 
     def _finish(
         self,
@@ -312,6 +376,7 @@ class HeadMeasurer:
             },
             "backend": self.backend_name,
             "tta": self.tta,
+            "refine": self.refine,
             "boundary_level": self.level,
             "postprocess": self.postprocess_method,
             "data_note": meta.get("data_note"),
