@@ -53,6 +53,13 @@ def wall_time_s(run: Path, folds: list[int]) -> float:
     return total
 
 
+def rows_of(data: str, path: Path, level: float) -> list[dict]:
+    """Held-out rows of a recipe: from its runs, or from a ``per_image.csv``."""
+    if path.suffix == ".csv":
+        return read_per_image_csv(path)[0]
+    return per_image(data, path, level)
+
+
 #: The per-image columns (``plain_<name>``) each recipe is summarised by.
 METRICS = ("dsc", "hd_mm", "df_mm")
 
@@ -91,16 +98,16 @@ def main() -> None:
         help="the reference recipe's runs, or its per_image.csv from cv_report.py",
     )
     ap.add_argument(
-        "--variant", action="append", required=True, help="NAME=RUN_DIR, may be repeated"
+        "--variant",
+        action="append",
+        required=True,
+        help="NAME=RUN_DIR or NAME=per_image.csv (e.g. from cv_refine.py), may be repeated",
     )
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--boundary-level", type=float, default=0.6)
     args = ap.parse_args()
     from_csv = args.base.suffix == ".csv"
-    if from_csv:
-        base_rows = read_per_image_csv(args.base)[0]
-    else:
-        base_rows = per_image(args.data, args.base, args.boundary_level)
+    base_rows = rows_of(args.data, args.base, args.boundary_level)
     lines = [
         f"# Recipes against {args.base} (paired, same folds and images; boundary at p = "
         f"{args.boundary_level:g}; 95 % bootstrap intervals over scan prefixes)",
@@ -118,14 +125,14 @@ def main() -> None:
         name, _, run = spec.partition("=")
         if not run:
             ap.error(f"--variant takes NAME=RUN_DIR, got {spec!r}")
-        rows = per_image(args.data, Path(run), args.boundary_level)
+        rows = rows_of(args.data, Path(run), args.boundary_level)
         folds = sorted({r["fold"] for r in rows} & {r["fold"] for r in base_rows})
         res = compare([r for r in base_rows if r["fold"] in folds], rows)
         res["folds"] = folds
         res["runs"] = {"base": str(args.base), "variant": run}
         res["training_s"] = {
             "base": None if from_csv else wall_time_s(args.base, folds),
-            "variant": wall_time_s(Path(run), folds),
+            "variant": None if run.endswith(".csv") else wall_time_s(Path(run), folds),
         }
         report[name] = res
         for label, key, secs in (

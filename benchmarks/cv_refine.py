@@ -1,0 +1,103 @@
+"""Two-pass measurement (find the head, then measure a crop around it) on held-out folds.
+
+For each fold of a ``scripts/cross_validate.py`` run, the fold's last-epoch weights
+(``final.pt``, never selected on the held-out fold) measure that fold's held-out
+images as ``fetalhead predict --refine`` does: float32 PyTorch, no TTA, the boundary
+at ``--boundary-level``, the non-head check off (so that only the geometry differs
+from the one-pass rows of ``cv_report.py``). It writes ``per_image.csv`` in the
+layout of ``cv_report.py`` (the ``plain_*`` columns hold the two-pass results), with
+the first pass's HC beside it, for ``compare_recipes.py``:
+
+    python benchmarks/cv_refine.py ../shared/data/hc18/training_set --runs runs/cv5_crop \
+        --out benchmarks/results/refine
+    python benchmarks/compare_recipes.py ../shared/data/hc18/training_set --base runs/cv5_crop \
+        --variant two_pass=benchmarks/results/refine/per_image.csv --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from fetalhead.data import find_cases, kfold_by_prefix, label_ellipse
+from fetalhead.evaluate import ellipse_dice, hausdorff_ellipses
+from fetalhead.gestation import hadlock_1984, trimester
+from fetalhead.model import Checkpoint
+from fetalhead.predict import HeadMeasurer
+from fetalhead.readers import read_gray
+
+COLUMNS = (
+    "filename", "prefix", "fold", "hc_ref_mm", "trimester", "pass1_hc_mm", "refined",
+    "plain_hc_mm", "plain_df_mm", "plain_dsc", "plain_hd_mm", "plain_qc",
+)  # fmt: skip
+
+
+def fold_rows(data: str, fold_dir: Path, level: float) -> list[dict]:
+    """Two-pass and first-pass results of one fold's held-out images."""
+    cfg = json.loads((fold_dir / "config.json").read_text())
+    fold = int(fold_dir.name.removeprefix("fold"))
+    _, held_out = kfold_by_prefix(find_cases(data), cfg["folds"], fold, cfg["seed"])
+    ckpt = Checkpoint.load(fold_dir / "final.pt")
+    kw = {"backend": "torch", "tta": False, "reject_non_heads": False}
+    one = HeadMeasurer(ckpt, refine=False, **kw)
+    two = HeadMeasurer(ckpt, refine=True, **kw)
+    one.level = two.level = level
+    rows = []
+    for case in held_out:
+        img = read_gray(case.image)
+        px = case.pixel_size_mm
+        first = one.measure_batch([img], [px], [case.image.name])[0]
+        m = two.measure_batch([img], [px], [case.image.name])[0]
+        row = {
+            "filename": case.image.name,
+            "prefix": case.prefix,
+            "fold": fold,
+            "hc_ref_mm": case.hc_mm,
+            "trimester": trimester(hadlock_1984(case.hc_mm).weeks),
+            "pass1_hc_mm": first.ellipse.perimeter * px if first.ellipse else math.nan,
+            "refined": int(m.ellipse is not None and m.ellipse != first.ellipse),
+            "plain_qc": m.qc,
+        }
+        if m.ellipse is None:
+            row |= {k: math.nan for k in ("plain_hc_mm", "plain_df_mm", "plain_dsc", "plain_hd_mm")}
+        else:
+            ref = label_ellipse(case)
+            hc = m.ellipse.perimeter * px
+            row |= {
+                "plain_hc_mm": hc,
+                "plain_df_mm": hc - case.hc_mm,
+                "plain_dsc": ellipse_dice(m.ellipse, ref, img.shape),
+                "plain_hd_mm": hausdorff_ellipses(m.ellipse, ref) * px,
+            }
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--runs", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--boundary-level", type=float, default=0.6)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    for fold_dir in sorted(args.runs.glob("fold*")):
+        if (fold_dir / "final.pt").exists():
+            rows += fold_rows(args.data, fold_dir, args.boundary_level)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "per_image.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    refined = sum(r["refined"] for r in rows)
+    print(f"{len(rows)} held-out images, {refined} refined by the second pass")
+
+
+if __name__ == "__main__":
+    main()
