@@ -20,7 +20,10 @@ P = 0.6 for the committed one), and its ``report.json``, then stores in the chec
   flagged; without it, the 90th percentile of the folds' scores;
 - ``cross_validation``: the folds' accuracy and the paired TTA difference, which
   decide ``inference.tta`` (on only if TTA lowered ADF by at least 0.1 mm); with
-  ``--recipes``, also the training recipes compared pair by pair on the same folds.
+  ``--recipes``, also the training recipes compared pair by pair on the same folds;
+- with ``--level-by-band``, ``inference.level_by_band``: the boundary level of each HC
+  band that ``benchmarks/level_by_band.py`` chose on the folds, and its nested
+  cross-validation as ``cross_validation.level_by_band``.
 
 The network's weights are not changed.
 
@@ -109,6 +112,12 @@ def main() -> None:
         help="benchmarks/compare_recipes.py's report.json: the training recipes compared on "
         "the same folds, stored as cross_validation.recipes",
     )
+    ap.add_argument(
+        "--level-by-band",
+        type=Path,
+        help="benchmarks/level_by_band.py's report JSON: store its levels per HC band as "
+        "inference.level_by_band, with its nested cross-validation",
+    )
     args = ap.parse_args()
     if (args.threshold_images is None) != (args.threshold_pixel_size_csv is None):
         ap.error("--threshold-images and --threshold-pixel-size-csv go together")
@@ -149,6 +158,14 @@ def main() -> None:
         }
     ck.meta.setdefault("inference", {})["tta"] = bool(tta_gain >= TTA_MIN_GAIN_MM)
     ck.meta["inference"]["level"] = args.boundary_level
+    ck.meta["inference"].pop("level_by_band", None)
+    if args.level_by_band:
+        by_band = json.loads(args.level_by_band.read_text())
+        ck.meta["inference"]["level_by_band"] = by_band["levels"]
+        ck.meta["cross_validation"]["level_by_band"] = {
+            "source": "benchmarks/level_by_band.py (benchmarks/results/level_by_band/report.md)",
+            **by_band,
+        }
     if args.threshold_images:
         scores = shipped_scores(ck, args.threshold_images, args.threshold_pixel_size_csv)
         flag = dataclasses.replace(flag, threshold=float(np.quantile(scores, 1.0 - FLAG_SHARE)))
@@ -161,7 +178,8 @@ def main() -> None:
     print(
         f"wrote {args.weights}: q90 {m90.q} (b_fit {m90.b_fit}, b_border {m90.b_border}), "
         f"qc flag threshold {flag.threshold:.2f}, "
-        f"TTA gain {tta_gain:+.3f} mm -> tta {ck.meta['inference']['tta']}"
+        f"TTA gain {tta_gain:+.3f} mm -> tta {ck.meta['inference']['tta']}, "
+        f"levels by band {ck.meta['inference'].get('level_by_band')}"
     )
 
 

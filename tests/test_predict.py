@@ -532,3 +532,45 @@ def test_refine_follows_the_weights_unless_told(tmp_path) -> None:
     assert HeadMeasurer(ck, backend="torch", refine=False).refine is False
     assert HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch").refine is False
     assert HeadMeasurer(ck, backend="torch").describe()["refine"] is True
+
+
+def ramp_measurer(meta: dict) -> HeadMeasurer:
+    """Its backend returns a circle (radius 150 px in 540 x 800) whose probability falls
+    linearly from 1 to 0 over 4 network pixels, so the level-P contour lies
+    (0.5 - P) * 4 network pixels inside the circle's edge."""
+    from fetalhead.geometry.letterbox import Letterbox
+
+    lb = Letterbox(540, 800, *FINE_CONFIG.input_hw)
+    c = lb.ellipse_to_net(Ellipse(400, 270, 150, 150, 0.0))
+    yy, xx = np.mgrid[0:192, 0:288]
+    prob = np.clip(0.5 - (np.hypot(xx - c.cx, yy - c.cy) - c.a) / 4.0, 0, 1).astype(np.float32)
+    m = HeadMeasurer(
+        Checkpoint.from_model(ResUNet(FINE_CONFIG), meta), backend="torch", reject_non_heads=False
+    )
+    m.backend = lambda batch: np.stack([prob] * len(batch))
+    return m
+
+
+@pytest.mark.parametrize(
+    ("px", "level"),
+    [
+        (0.2, 0.55),  # HC 188 mm at P = 0.55: second band, stays at 0.55
+        (0.3, 0.65),  # HC 282 mm at P = 0.55: third band, fitted again at 0.65
+        (None, 0.6),  # no pixel size, no band: the weights' single level
+    ],
+)
+def test_boundary_level_follows_the_hc_band(px, level) -> None:
+    bands = {"first": 0.55, "second": 0.55, "third": 0.65}
+    m = ramp_measurer({"inference": {"level": 0.6, "level_by_band": bands}})
+    r = m.measure_batch([np.zeros((540, 800), np.uint8)], [px])[0]
+    scale = 192 / 540  # network pixels per image pixel
+    radius = 150 + (0.5 - level) * 4 / scale
+    assert r.ellipse.perimeter == pytest.approx(2 * np.pi * radius, rel=2e-3)
+    assert m.describe()["boundary_level_by_band"] == bands
+
+
+def test_level_by_band_is_checked() -> None:
+    with pytest.raises(ValueError, match="each of"):
+        ramp_measurer({"inference": {"level_by_band": {"first": 0.5}}})
+    with pytest.raises(ValueError, match=r"lie in \(0, 1\)"):
+        ramp_measurer({"inference": {"level_by_band": {"first": 0.5, "second": 1.5, "third": 0.6}}})

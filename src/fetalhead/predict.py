@@ -33,7 +33,14 @@ from fetalhead.plausibility import HeadRejector, head_features
 from fetalhead.postprocess import BORDER_TOL_PX, MAX_BORDER_FRACTION, PostprocessName, postprocess
 from fetalhead.readers import read_image
 from fetalhead.spacing import ResolvedSpacing, region_of_head, resolve_pixel_size, square_pixels
-from fetalhead.uncertainty import flag_model, interval_features, interval_model, profile_features
+from fetalhead.uncertainty import (
+    BANDS,
+    band_of,
+    flag_model,
+    interval_features,
+    interval_model,
+    profile_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,18 @@ REFINE_MIN_ZOOM = 1.1
 
 #: Where the shipped weights live inside the package.
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "hc18_resunet16.pt"
+
+
+def _band_levels(stored: Any) -> dict[str, float] | None:
+    """Check the weights' ``level_by_band``: a level in (0, 1) for each HC band."""
+    if stored is None:
+        return None
+    if not isinstance(stored, dict) or set(stored) != set(BANDS):
+        raise ValueError(f"the weights' level_by_band must give a level for each of {BANDS}")
+    levels = {b: float(stored[b]) for b in BANDS}
+    if not all(0.0 < v < 1.0 for v in levels.values()):
+        raise ValueError(f"the weights' level_by_band levels must lie in (0, 1), got {levels}")
+    return levels
 
 
 class NoWeightsError(FileNotFoundError):
@@ -106,8 +125,13 @@ class HeadMeasurer:
         inference = checkpoint.meta.get("inference", {})
         self.tta = bool(inference.get("tta", False) if tta is None else tta)
         self.refine = bool(inference.get("refine", False) if refine is None else refine)
-        #: Iso-probability of the head boundary: as the weights recommend, else 0.5.
-        self.level = float(checkpoint.meta.get("inference", {}).get("level", 0.5))
+        #: Iso-probability of the boundary: as the weights recommend, else 0.5. Where
+        #: the weights give a level per HC band, it is the level of images without a
+        #: pixel size, and the level the qc flag's boundary profile is read at.
+        self.level = float(inference.get("level", 0.5))
+        #: Boundary level per HC band (``first``, ``second``, ``third``), if the weights
+        #: give one: see :meth:`_fit`.
+        self.band_levels: dict[str, float] | None = _band_levels(inference.get("level_by_band"))
         self.postprocess_method: PostprocessName = postprocess
         self.weights_path = weights_path
         #: What the measurer was asked for, to build equal ones (e.g. in worker processes).
@@ -217,7 +241,7 @@ class HeadMeasurer:
         prepared = [preprocess(sub, self.config) for sub in subs]
         probs = self._probabilities(np.stack([x for x, _ in prepared])[:, None])
         for (i, _), box, prob, (_, lb) in zip(todo, boxes, probs, prepared, strict=True):
-            e, contour, _, _ = postprocess(prob, lb, self.postprocess_method, level=self.level)
+            e, contour, _, _ = self._fit(prob, lb, results[i].pixel_size_mm)
             if e is None or contour is None:
                 continue
             h, w = box.shape
@@ -236,6 +260,28 @@ class HeadMeasurer:
             r.ellipse = Ellipse(e.cx + box.x0, e.cy + box.y0, e.a, e.b, e.angle)
             r.contour = contour + np.array([box.x0, box.y0], dtype=np.float64)
 
+    def _fit(
+        self, prob: NDArray[np.float32], lb: Letterbox, px: float | None
+    ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
+        """The head's ellipse at the boundary level of its HC band.
+
+        With levels by band and a pixel size, the ellipse is fitted at the second
+        band's level (the commonest heads), and fitted again at its band's level if
+        that HC falls in a band with another level. Otherwise at :attr:`level`.
+        """
+        method = self.postprocess_method
+        if not self.band_levels or px is None:
+            return postprocess(prob, lb, method, level=self.level)
+        first = self.band_levels["second"]
+        fit = postprocess(prob, lb, method, level=first)
+        if fit[0] is not None:
+            wanted = self.band_levels[band_of(fit[0].perimeter * px)]
+            if wanted != first:
+                again = postprocess(prob, lb, method, level=wanted)
+                if again[0] is not None:
+                    return again
+        return fit
+
     def _finish(
         self,
         image: NDArray[np.uint8],
@@ -244,7 +290,7 @@ class HeadMeasurer:
         px: float | None,
         name: str,
     ) -> Measurement:
-        e, contour, conf, reasons = postprocess(prob, lb, self.postprocess_method, level=self.level)
+        e, contour, conf, reasons = self._fit(prob, lb, px)
         head_score = half = flag_score = None
         if e is not None and contour is not None and conf is not None:
             # One boundary residual serves the non-head check and the interval.
@@ -378,6 +424,7 @@ class HeadMeasurer:
             "tta": self.tta,
             "refine": self.refine,
             "boundary_level": self.level,
+            "boundary_level_by_band": self.band_levels,
             "postprocess": self.postprocess_method,
             "data_note": meta.get("data_note"),
             "metrics": meta.get("metrics"),
