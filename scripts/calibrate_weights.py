@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from fetalhead.evaluate import weights_evaluation
 from fetalhead.model import Checkpoint
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
 from fetalhead.readers.tables import read_pixel_size_csv
@@ -118,6 +119,12 @@ def main() -> None:
         help="benchmarks/level_by_band.py's report JSON: store its levels per HC band as "
         "inference.level_by_band, with its nested cross-validation",
     )
+    ap.add_argument(
+        "--evaluation",
+        type=Path,
+        help="a 'fetalhead evaluate' output folder of these weights with the settings "
+        "stored here: its summary.json becomes meta.evaluation (run it after calibrating)",
+    )
     args = ap.parse_args()
     if (args.threshold_images is None) != (args.threshold_pixel_size_csv is None):
         ap.error("--threshold-images and --threshold-pixel-size-csv go together")
@@ -174,6 +181,9 @@ def main() -> None:
             f"these weights' scores on {len(scores)} unlabelled images of "
             f"{args.threshold_images} (the {1 - FLAG_SHARE:.0%} quantile)"
         )
+    if args.evaluation:
+        summary = json.loads((args.evaluation / "summary.json").read_text())
+        ck.meta["evaluation"] = weights_evaluation(summary)
     ck.save(args.weights)
     print(
         f"wrote {args.weights}: q90 {m90.q} (b_fit {m90.b_fit}, b_border {m90.b_border}), "

@@ -17,6 +17,7 @@ import csv
 import json
 from pathlib import Path
 
+from fetalhead.evaluate import weights_evaluation
 from fetalhead.model import Checkpoint, count_parameters
 from fetalhead.predict import DEFAULT_WEIGHTS
 
@@ -62,10 +63,7 @@ def main() -> None:
     ck.meta["training_wall_time_s"] = round(sum(float(s["wall_time_s"]) for s in stages), 1)
     ck.meta["epochs_run"] = sum(int(s["epochs"]) for s in stages)
     ck.meta["parameters"] = count_parameters(ck.build())
-    ck.meta["evaluation"] = {
-        k: summary[k] for k in ("split", "n_images", "n_no_head", "dsc", "hd_mm", "df_mm", "adf_mm")
-    }
-    ck.meta["evaluation"]["adf_by_trimester"] = summary["adf_by_trimester"]
+    ck.meta["evaluation"] = weights_evaluation(summary)
     # The settings those metrics were measured with; HeadMeasurer uses them by default.
     ck.meta["inference"] = {"tta": bool(summary["model"]["tta"])}
     ck.meta["licence_note"] = (

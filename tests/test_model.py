@@ -158,7 +158,12 @@ def test_shipped_weights_describe_themselves() -> None:
     ck = Checkpoint.load(DEFAULT_WEIGHTS)
     meta = ck.meta
     assert len(meta["split"]["val_files"]) == 128
-    assert meta["inference"] == {"tta": False, "level": 0.6}
+    assert meta["inference"] == {
+        "tta": False,
+        "level": 0.6,
+        "level_by_band": {"first": 0.55, "second": 0.55, "third": 0.65},
+    }
+    assert meta["cross_validation"]["level_by_band"]["levels"] == meta["inference"]["level_by_band"]
     assert {"hc_interval", "qc_flag"} <= set(meta["calibration"])
     recipes = meta["cross_validation"]["recipes"]["comparisons"]
     # The shipped two-stage recipe, cross-validated on folds 0-1 (361 held-out images).

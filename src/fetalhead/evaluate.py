@@ -158,6 +158,16 @@ def summarise(rows: list[CaseMetrics]) -> dict[str, Any]:
     return summary
 
 
+def weights_evaluation(summary: dict[str, Any]) -> dict[str, Any]:
+    """The part of an evaluation summary that weights carry as ``meta["evaluation"]``."""
+    keys = ("split", "n_images", "n_no_head", "dsc", "hd_mm", "df_mm", "adf_mm")
+    out = {k: summary[k] for k in keys}
+    out["adf_by_trimester"] = summary["adf_by_trimester"]
+    if "df_by_trimester" in summary:
+        out["df_by_trimester"] = summary["df_by_trimester"]
+    return out
+
+
 def markdown_summary(summary: dict[str, Any], title: str, command: str | None) -> str:
     """Render a summary as Markdown."""
     lines = [f"# {title}", ""]
