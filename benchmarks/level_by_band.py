@@ -13,6 +13,11 @@ single level the weights used before. Reported: the levels each fold chose, the
 paired ADF change with a 95 % bootstrap interval over scan prefixes, by trimester,
 and DF by trimester, and the levels chosen on all five folds (what the weights carry).
 
+With ``--network-pixels DATA`` (the labelled folder, for pixel sizes and image
+sizes) it also judges, the same nested way, a rule of two levels split at a cut on the
+HC in network pixels (the letterbox scale of each image) instead of the HC band: does
+the best level follow the head's size on the network's grid, or in millimetres?
+
 Usage::
 
     python benchmarks/level_by_band.py benchmarks/results/cv5/per_image.csv
@@ -51,10 +56,45 @@ def choose(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+#: Cuts (HC in network pixels) the network-pixel rule may choose from.
+NET_PX_CUTS = (400, 450, 500, 550, 600)
+
+
+def network_pixel_rule(rows: list[dict], data: str, folds: list[int]) -> tuple:
+    """Paired ADF change of a two-level rule cut on the HC in network pixels (nested)."""
+    from PIL import Image
+
+    from fetalhead.data import find_cases
+
+    net_per_px = {}
+    for c in find_cases(data):
+        w, h = Image.open(c.image).size
+        net_per_px[c.image.name] = min(192 / h, 288 / w) / c.pixel_size_mm
+    for r in rows:
+        r["net_px"] = (df_at(r, FIRST_FIT) + r["hc_ref_mm"]) * net_per_px[r["filename"]]
+    diff, groups = [], []
+    for k in folds:
+        train = [r for r in rows if r["fold"] != k]
+
+        def cost(cut: float, lo: float, hi: float, rows: list[dict] = train) -> float:
+            return float(np.mean([abs(df_at(r, lo if r["net_px"] < cut else hi)) for r in rows]))
+
+        cut, lo, hi = min(
+            ((c, a, b) for c in NET_PX_CUTS for a in LEVELS for b in LEVELS),
+            key=lambda p: cost(*p),
+        )
+        for r in (r for r in rows if r["fold"] == k):
+            level = lo if r["net_px"] < cut else hi
+            diff.append(abs(df_at(r, level)) - abs(df_at(r, BASE)))
+            groups.append(r["prefix"])
+    return cluster_bootstrap(np.array(diff), np.array(groups))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("per_image", type=Path)
     ap.add_argument("--out", type=Path, help="write the result as JSON here")
+    ap.add_argument("--network-pixels", metavar="DATA", help="also judge a cut in network pixels")
     args = ap.parse_args()
     rows, _ = read_per_image_csv(args.per_image)
     rows = [r for r in rows if all(math.isfinite(df_at(r, lv)) for lv in LEVELS)]
@@ -98,6 +138,10 @@ def main() -> None:
             f"{fmt(res['adf_change'], sign=True)} | {fmt(res['df_base'], sign=True)} | "
             f"{fmt(res['df_band'], sign=True)} |"
         )
+    if args.network_pixels:
+        change = network_pixel_rule(rows, args.network_pixels, folds)
+        report["network_pixel_rule_adf_change"] = change
+        print(f"\ntwo levels cut on the HC in network pixels, nested: {fmt(change, sign=True)} mm")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
