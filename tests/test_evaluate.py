@@ -10,6 +10,7 @@ from fetalhead.data import find_cases, label_ellipse
 from fetalhead.evaluate import evaluate, hausdorff_ellipses
 from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.gestation import trimester
+from fetalhead.measure import Measurement
 from fetalhead.model import Checkpoint, ResUNet
 from fetalhead.predict import HeadMeasurer
 from fetalhead.readers import read_gray
@@ -79,6 +80,23 @@ def test_overlay_draws_the_reference_ellipse_in_red() -> None:
     assert red.sum() > 2 * (shifted.a + shifted.b)  # most of the outline is visible
     assert (red & (outline > 0)).sum() > 0.9 * red.sum()
     assert not (draw_overlay(img, measurement)[red] == bgr[red]).all()
+
+
+def test_overlay_text_halo_hugs_its_letters() -> None:
+    """The dark halo ends within two pixels of the white text on every line.
+
+    A halo drawn as thicker text advances each glyph further and drifts right of the
+    letters along the line (ghost characters at the end of long lines).
+    """
+    m = Measurement(filename="x.png", image_shape=(270, 400), qc="ok")
+    m.qc = "touches_border;uncertain_hc;low_confidence"  # a long line
+    bgr = draw_overlay(np.full((270, 400), 128, np.uint8), m)
+    for top, bottom in ((4, 28), (28, 52)):  # the two lines: file name, qc
+        band = bgr[top:bottom, :, 0]
+        white = np.flatnonzero((band > 200).any(axis=0))
+        dark = np.flatnonzero((band < 60).any(axis=0))
+        assert white.size and dark.size
+        assert dark.max() - white.max() <= 2 and white.min() - dark.min() <= 2
 
 
 def evaluate_cli(weights, out, *extra: str) -> int:

@@ -92,20 +92,29 @@ def draw_overlay(
             span = f" ({format_weeks_days_range(*spread)})" if spread else ""
             lines.append(f"GA {ga.weeks_days}{span} (Hadlock){flag}")
     lines.append(f"qc: {m.qc}")
+    return _draw_text(out, lines, scale, thick)
+
+
+def _draw_text(
+    out: NDArray[np.uint8], lines: list[str], scale: int, thick: int
+) -> NDArray[np.uint8]:
+    """White lines of text with a dark halo, top left.
+
+    The halo is the text's own strokes widened (a thicker ``putText`` would also
+    advance each glyph further, so the two layers would drift apart along a line).
+    """
+    ink = np.zeros(out.shape[:2], np.uint8)
     y = 22 * scale
     for text in lines:
-        for color, w in (((0, 0, 0), thick + 2), ((255, 255, 255), thick)):
-            cv2.putText(
-                out,
-                text,
-                (8 * scale, y),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.6 * scale,
-                color,
-                w,
-                cv2.LINE_AA,
-            )
+        cv2.putText(
+            ink, text, (8 * scale, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, 255, thick,
+            cv2.LINE_AA,
+        )  # fmt: skip
         y += 24 * scale
+    halo = cv2.dilate(ink, np.ones((3, 3), np.uint8), iterations=scale)
+    for layer, value in ((halo, 0.0), (ink, 255.0)):
+        alpha = layer.astype(np.float32)[..., None] / 255.0
+        out = (out * (1.0 - alpha) + value * alpha).round().astype(np.uint8)
     return out
 
 
