@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fetalhead.geometry.crop import head_crop_box
+from fetalhead.geometry.crop import CropBox, head_crop_box
 from fetalhead.geometry.ellipse import Ellipse, boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.image import InputError, LoadedImage, to_uint8_gray
@@ -225,7 +225,7 @@ class HeadMeasurer:
         (then the crop was cut from a wrong first ellipse, and the first is kept).
         """
         net_h, net_w = self.config.input_hw
-        todo, boxes = [], []
+        todo: list[tuple[int, CropBox]] = []
         for i, r in enumerate(results):
             if r.ellipse is None:
                 continue
@@ -233,14 +233,12 @@ class HeadMeasurer:
             (h, w), (full_h, full_w) = box.shape, images[i].shape
             zoom = min(net_h / h, net_w / w) / min(net_h / full_h, net_w / full_w)
             if zoom >= REFINE_MIN_ZOOM:
-                todo.append((i, r.ellipse))
-                boxes.append(box)
+                todo.append((i, box))
         if not todo:
             return
-        subs = [images[i][b.y0 : b.y1, b.x0 : b.x1] for (i, _), b in zip(todo, boxes, strict=True)]
-        prepared = [preprocess(sub, self.config) for sub in subs]
+        prepared = [preprocess(images[i][b.y0 : b.y1, b.x0 : b.x1], self.config) for i, b in todo]
         probs = self._probabilities(np.stack([x for x, _ in prepared])[:, None])
-        for (i, _), box, prob, (_, lb) in zip(todo, boxes, probs, prepared, strict=True):
+        for (i, box), prob, (_, lb) in zip(todo, probs, prepared, strict=True):
             e, contour, _, _ = self._fit(prob, lb, results[i].pixel_size_mm)
             if e is None or contour is None:
                 continue
