@@ -374,3 +374,16 @@ def test_cross_validation_script_runs_a_second_stage_from_each_folds_last_weight
     maps = np.load(tmp_path / "s2" / "fold0" / "heldout_maps.npz")
     assert sorted(maps["names"].tolist()) == held_out
     assert maps["plain"].shape == (len(held_out), 64, 96)
+
+
+def test_scale_range_is_checked_and_read_from_yaml(tmp_path) -> None:
+    from fetalhead.training import TrainConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scale_range: [0.6, 1.15]\n")
+    assert TrainConfig.from_file(cfg).scale_range == (0.6, 1.15)
+    assert TrainConfig().scale_range == (0.85, 1.15)
+    with pytest.raises(ValueError, match="scale_range"):
+        TrainConfig(scale_range=(1.2, 0.9))
+    with pytest.raises(ValueError, match="crop_fraction"):
+        TrainConfig(crop_fraction=1.5)

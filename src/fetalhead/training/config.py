@@ -65,6 +65,8 @@ class TrainConfig:
             head at a random margin (see :class:`fetalhead.training.samples.HeadDataset`),
             which teaches the network the second pass of a two-pass measurer
             (``refine``). 0: whole images only.
+        scale_range: Range of the random zoom of the augmentation (applied to 70 % of
+            samples with the rotation and shift); below 1 shrinks the head.
         init_weights: Start from this checkpoint's weights (fine-tuning). Its
             architecture must match, and it must have been trained with the same
             validation files, so that no validation image was ever trained on.
@@ -99,6 +101,7 @@ class TrainConfig:
     init_weights: str | None = None
     deep_supervision: bool = False
     crop_fraction: float = 0.0
+    scale_range: tuple[float, float] = (0.85, 1.15)
 
     def __post_init__(self) -> None:
         if self.loss not in get_args(LossName):
@@ -108,6 +111,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_h", "image_w", "start_filters"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        lo, hi = (float(v) for v in self.scale_range)
+        if not 0.0 < lo <= hi:
+            raise ValueError(
+                f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}"
+            )
+        self.scale_range = (lo, hi)
         if not 0.0 <= self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in [0, 1], got {self.crop_fraction}")
         if self.lr <= 0:

@@ -183,7 +183,7 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
 
     _seed_all(cfg.seed)
     model = ResUNet(cfg.model_config).to(device)
-    augment = build_augmentation(cfg.seed) if cfg.augment else None
+    augment = build_augmentation(cfg.seed, cfg.scale_range) if cfg.augment else None
     train_ds = HeadDataset(train_cache, augment, cfg.crop_fraction)
     sampler: DistributedSampler | WeightedEpochSampler
     if cfg.balance_trimesters:

@@ -18,14 +18,14 @@ from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.gestation import hadlock_1984, trimester
 
 
-def build_augmentation(seed: int) -> A.Compose:
-    """Flips, small rotations/scales/shifts, and gamma/contrast changes."""
+def build_augmentation(seed: int, scale: tuple[float, float] = (0.85, 1.15)) -> A.Compose:
+    """Flips, small rotations, scales (``scale``, uniform) and shifts, and gamma/contrast."""
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.Affine(
-                scale=(0.85, 1.15),
+                scale=scale,
                 rotate=(-20, 20),
                 translate_percent=(-0.06, 0.06),
                 interpolation=cv2.INTER_LINEAR,
