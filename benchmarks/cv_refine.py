@@ -23,10 +23,9 @@ import math
 from pathlib import Path
 
 import torch
+from cv_report import case_row, ellipse_metrics
 
 from fetalhead.data import find_cases, kfold_by_prefix, label_ellipse
-from fetalhead.evaluate import ellipse_dice, hausdorff_ellipses
-from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.model import Checkpoint
 from fetalhead.predict import HeadMeasurer
 from fetalhead.readers import read_gray
@@ -53,12 +52,7 @@ def fold_rows(data: str, fold_dir: Path, level: float) -> list[dict]:
         px = case.pixel_size_mm
         first = one.measure_batch([img], [px], [case.image.name])[0]
         m = two.measure_batch([img], [px], [case.image.name])[0]
-        row = {
-            "filename": case.image.name,
-            "prefix": case.prefix,
-            "fold": fold,
-            "hc_ref_mm": case.hc_mm,
-            "trimester": trimester(hadlock_1984(case.hc_mm).weeks),
+        row = case_row(case, fold) | {
             "pass1_hc_mm": first.ellipse.perimeter * px if first.ellipse else math.nan,
             "refined": int(m.ellipse is not None and m.ellipse != first.ellipse),
             "plain_qc": m.qc,
@@ -66,14 +60,8 @@ def fold_rows(data: str, fold_dir: Path, level: float) -> list[dict]:
         if m.ellipse is None:
             row |= {k: math.nan for k in ("plain_hc_mm", "plain_df_mm", "plain_dsc", "plain_hd_mm")}
         else:
-            ref = label_ellipse(case)
-            hc = m.ellipse.perimeter * px
-            row |= {
-                "plain_hc_mm": hc,
-                "plain_df_mm": hc - case.hc_mm,
-                "plain_dsc": ellipse_dice(m.ellipse, ref, img.shape),
-                "plain_hd_mm": hausdorff_ellipses(m.ellipse, ref) * px,
-            }
+            metrics = ellipse_metrics(m.ellipse, case, label_ellipse(case), img.shape)
+            row |= {f"plain_{k}": v for k, v in metrics.items()}
         rows.append(row)
     return rows
 

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from fetalhead.data import find_cases, label_ellipse
+from fetalhead.data import Case, find_cases, label_ellipse
 from fetalhead.evaluate import ellipse_dice, hausdorff_ellipses
-from fetalhead.geometry.ellipse import boundary_rms
+from fetalhead.geometry.ellipse import Ellipse, boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.postprocess import postprocess
@@ -61,6 +61,29 @@ VARIANTS = {
 FLAG_SHARE = 0.10
 
 
+def case_row(case: Case, fold: int) -> dict[str, Any]:
+    """The columns that name a held-out image: file, prefix, fold, reference HC, trimester."""
+    return {
+        "filename": case.image.name,
+        "prefix": case.prefix,
+        "fold": fold,
+        "hc_ref_mm": case.hc_mm,
+        "trimester": trimester(hadlock_1984(case.hc_mm).weeks),
+    }
+
+
+def ellipse_metrics(e: Ellipse, case: Case, ref: Ellipse, shape: tuple[int, int]) -> dict:
+    """HC, DF, DSC and HD of a measured ellipse against the reference, in mm."""
+    px = case.pixel_size_mm
+    hc = e.perimeter * px
+    return {
+        "hc_mm": hc,
+        "df_mm": hc - case.hc_mm,
+        "dsc": ellipse_dice(e, ref, shape),
+        "hd_mm": hausdorff_ellipses(e, ref) * px,
+    }
+
+
 def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
     cases = {c.image.name: c for c in find_cases(data)}
     rows = []
@@ -86,13 +109,7 @@ def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
             lb = Letterbox(h, w, *plain.shape, keep_aspect)
             ref = label_ellipse(case)
             px = case.pixel_size_mm
-            row = {
-                "filename": case.image.name,
-                "prefix": case.prefix,
-                "fold": fold,
-                "hc_ref_mm": case.hc_mm,
-                "trimester": trimester(hadlock_1984(case.hc_mm).weeks),
-            }
+            row = case_row(case, fold)
             fits = {}
             for variant, prob in (
                 ("plain", plain.astype(np.float32)),
@@ -108,14 +125,9 @@ def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
                     row |= {f"{variant}_{k}": math.nan for k in ("hc_mm", "df_mm", "dsc", "hd_mm")}
                     row[f"{variant}_qc"] = "no_head_found"
                     continue
-                hc = e.perimeter * px
-                row |= {
-                    f"{variant}_hc_mm": hc,
-                    f"{variant}_df_mm": hc - case.hc_mm,
-                    f"{variant}_dsc": ellipse_dice(e, ref, (h, w)),
-                    f"{variant}_hd_mm": hausdorff_ellipses(e, ref) * px,
-                    f"{variant}_qc": ";".join(reasons) or "ok",
-                }
+                metrics = ellipse_metrics(e, case, ref, (h, w))
+                row |= {f"{variant}_{k}": v for k, v in metrics.items()}
+                row[f"{variant}_qc"] = ";".join(reasons) or "ok"
             # Post-processing variants on the plain map, paired with the default.
             for variant, kw in VARIANTS.items():
                 ev, _, _, _ = postprocess(plain.astype(np.float32), lb, "full", **kw)
