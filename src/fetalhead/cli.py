@@ -108,12 +108,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_tta(p: argparse.ArgumentParser) -> None:
+def _add_pass_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         help="average with a left-right flipped pass (default: as the weights recommend; "
-        "on for the shipped weights)",
+        "off for the shipped weights)",
     )
     p.add_argument(
         "--refine",
@@ -141,7 +141,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", metavar="FILE", help="checkpoint (default: shipped HC18 weights)")
     p.add_argument("--save-masks", action="store_true", help="write DIR/masks/*_mask.png")
     p.add_argument("--overlays", action="store_true", help="write DIR/overlays/*.png")
-    _add_tta(p)
+    _add_pass_options(p)
     p.add_argument("--submission", metavar="CSV", help="also write an HC18 submission CSV")
     p.add_argument(
         "--sr",
@@ -226,7 +226,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="val",
         help="val: the checkpoint's validation files; all: every labelled image",
     )
-    _add_tta(p)
+    _add_pass_options(p)
     p.add_argument("--postprocess", choices=["lowres", "full"], default="full")
     p.add_argument(
         "--backend",
