@@ -30,12 +30,26 @@ MAX_BORDER_FRACTION = 0.02
 BORDER_TOL_PX = 1.0
 
 
-def _near_border(
-    points: NDArray[np.float64], h: int, w: int, tol: tuple[float, float]
+def near_border(
+    points: NDArray[np.float64],
+    h: int,
+    w: int,
+    tol: tuple[float, float],
+    edges: tuple[bool, bool, bool, bool] = (True, True, True, True),
 ) -> NDArray[np.bool_]:
+    """Which ``(x, y)`` points lie within ``tol`` of the ``h x w`` image's edges.
+
+    ``edges`` says which of the left, top, right and bottom edges count.
+    """
     x, y = points[:, 0], points[:, 1]
     tx, ty = tol
-    return (x < tx - 0.5) | (y < ty - 0.5) | (x > w - 0.5 - tx) | (y > h - 0.5 - ty)
+    left, top, right, bottom = edges
+    return (
+        (left & (x < tx - 0.5))
+        | (top & (y < ty - 0.5))
+        | (right & (x > w - 0.5 - tx))
+        | (bottom & (y > h - 0.5 - ty))
+    )
 
 
 def postprocess(
@@ -95,7 +109,7 @@ def postprocess(
     sharp = boundary_sharpness(region_map, pts, step=orig_px)
     weights = sharp**weight_power * 0.5 * (seg + np.roll(seg, 1))
     tol = (BORDER_TOL_PX * orig_px[0], BORDER_TOL_PX * orig_px[1])
-    on_border = _near_border(pts, map_h, map_w, tol)
+    on_border = near_border(pts, map_h, map_w, tol)
     pts = orig
     if on_border.mean() > MAX_BORDER_FRACTION:
         reasons.append("touches_border")

@@ -30,7 +30,13 @@ from fetalhead.measure import Measurement
 from fetalhead.model import Checkpoint, file_sha256
 from fetalhead.plausibility import DEFAULT_MODEL as DEFAULT_REJECTOR
 from fetalhead.plausibility import HeadRejector, head_features
-from fetalhead.postprocess import BORDER_TOL_PX, MAX_BORDER_FRACTION, PostprocessName, postprocess
+from fetalhead.postprocess import (
+    BORDER_TOL_PX,
+    MAX_BORDER_FRACTION,
+    PostprocessName,
+    near_border,
+    postprocess,
+)
 from fetalhead.readers import read_image
 from fetalhead.spacing import ResolvedSpacing, region_of_head, resolve_pixel_size, square_pixels
 from fetalhead.uncertainty import (
@@ -242,17 +248,9 @@ class HeadMeasurer:
             e, contour, _, _ = self._fit(prob, lb, results[i].pixel_size_mm)
             if e is None or contour is None:
                 continue
-            h, w = box.shape
             tol = BORDER_TOL_PX if self.postprocess_method == "full" else 1.0 / min(lb.scale)
-            x, y = contour[:, 0], contour[:, 1]
             inner = box.is_inner_edge(images[i].shape)
-            touching = (
-                (inner[0] & (x < tol - 0.5))
-                | (inner[1] & (y < tol - 0.5))
-                | (inner[2] & (x > w - 0.5 - tol))
-                | (inner[3] & (y > h - 0.5 - tol))
-            )
-            if touching.mean() > MAX_BORDER_FRACTION:
+            if near_border(contour, *box.shape, (tol, tol), inner).mean() > MAX_BORDER_FRACTION:
                 continue
             r = results[i]
             r.ellipse = Ellipse(e.cx + box.x0, e.cy + box.y0, e.a, e.b, e.angle)
