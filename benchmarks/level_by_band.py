@@ -56,6 +56,8 @@ def choose(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+#: The network input of the fold models (configs/cv5_resunet16.yaml).
+NET_HW = (192, 288)
 #: Cuts (HC in network pixels) the network-pixel rule may choose from.
 NET_PX_CUTS = (400, 450, 500, 550, 600)
 
@@ -65,11 +67,12 @@ def network_pixel_rule(rows: list[dict], data: str, folds: list[int]) -> tuple:
     from PIL import Image
 
     from fetalhead.data import find_cases
+    from fetalhead.geometry.letterbox import Letterbox
 
     net_per_px = {}
     for c in find_cases(data):
         w, h = Image.open(c.image).size
-        net_per_px[c.image.name] = min(192 / h, 288 / w) / c.pixel_size_mm
+        net_per_px[c.image.name] = Letterbox(h, w, *NET_HW).scale[0] / c.pixel_size_mm
     for r in rows:
         r["net_px"] = (df_at(r, FIRST_FIT) + r["hc_ref_mm"]) * net_per_px[r["filename"]]
     diff, groups = [], []
