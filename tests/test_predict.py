@@ -7,7 +7,16 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, FINE_CONFIG, MINI, TINY, OracleBackend, predict_cli, synthetic_scan
+from conftest import (
+    EXAMPLES,
+    FINE_CONFIG,
+    MINI,
+    TINY,
+    OracleBackend,
+    RingBackend,
+    predict_cli,
+    synthetic_scan,
+)
 from fetalhead.batch import collect_inputs
 from fetalhead.cli import _print_table, main
 from fetalhead.data import find_cases, label_ellipse
@@ -468,8 +477,6 @@ class _CountingRing:
     name = "ring"
 
     def __init__(self, second_pass=None) -> None:
-        from conftest import RingBackend
-
         self.ring, self.second_pass, self.calls, self.images = RingBackend(), second_pass, 0, 0
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
