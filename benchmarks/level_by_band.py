@@ -16,7 +16,9 @@ and DF by trimester, and the levels chosen on all five folds (what the weights c
 With ``--network-pixels DATA`` (the labelled folder, for pixel sizes and image
 sizes) it also judges, the same nested way, a rule of two levels split at a cut on the
 HC in network pixels (the letterbox scale of each image) instead of the HC band: does
-the best level follow the head's size on the network's grid, or in millimetres?
+the best level follow the head's size on the network's grid, or in millimetres? It
+always judges, paired with the three bands, five finer bands of HC chosen the same
+nested way: does the level want more than three steps?
 
 Usage::
 
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from cv_report import TRIMESTERS, cluster_bootstrap, fmt, read_per_image_csv
 
-from fetalhead.uncertainty import BANDS, band_of, fit_interval
+from fetalhead.uncertainty import band_of, fit_interval
 
 #: Levels the held-out rows carry.
 LEVELS = (0.55, 0.6, 0.65, 0.7)
@@ -47,13 +49,35 @@ def df_at(row: dict, level: float) -> float:
     return float(row.get(f"level{level:g}_df_mm", math.nan))
 
 
-def choose(rows: list[dict]) -> dict[str, float]:
-    """The level of least ADF in each band."""
+def choose(rows: list[dict], key: str = "band") -> dict:
+    """The level of least ADF in each band (or each value of another row key)."""
     out = {}
-    for band in BANDS:
-        sub = [r for r in rows if r["band"] == band]
+    for band in sorted({r[key] for r in rows}, key=str):
+        sub = [r for r in rows if r[key] == band]
         out[band] = min(LEVELS, key=lambda lv: float(np.mean([abs(df_at(r, lv)) for r in sub])))
     return out
+
+
+#: Finer HC bands (mm, of the HC at P = 0.55) that the finer rule is judged with.
+FINE_CUTS_MM = (150.0, 200.0, 250.0, 300.0)
+
+
+def finer_bands(rows: list[dict], folds: list[int]) -> tuple:
+    """Paired ADF change of five HC bands (cut at :data:`FINE_CUTS_MM`) against the three.
+
+    Both rules are chosen the same nested way; each row's ``band_df_mm`` (the three-band
+    rule's held-out error) must be set.
+    """
+    for r in rows:
+        r["fine_band"] = int(np.searchsorted(FINE_CUTS_MM, df_at(r, FIRST_FIT) + r["hc_ref_mm"]))
+    diff, groups = [], []
+    for k in folds:
+        pick = choose([r for r in rows if r["fold"] != k], key="fine_band")
+        for r in (r for r in rows if r["fold"] == k):
+            level = pick.get(r["fine_band"], BASE)
+            diff.append(abs(df_at(r, level)) - abs(r["band_df_mm"]))
+            groups.append(r["prefix"])
+    return cluster_bootstrap(np.array(diff), np.array(groups))
 
 
 #: The network input of the fold models (configs/cv5_resunet16.yaml).
@@ -170,6 +194,12 @@ def main() -> None:
             "\n90 % HC interval calibrated at P = 0.6 on the other folds, covering the "
             "banded HC: " + ", ".join(f"{k} {v:.1%}" for k, v in cover.items())
         )
+    finer = finer_bands(rows, folds)
+    report["finer_bands_adf_change"] = finer
+    print(
+        f"\nfive HC bands (cuts {', '.join(f'{c:g}' for c in FINE_CUTS_MM)} mm) instead of the "
+        f"three, nested: {fmt(finer, sign=True)} mm"
+    )
     if args.network_pixels:
         change = network_pixel_rule(rows, args.network_pixels, folds)
         report["network_pixel_rule_adf_change"] = change

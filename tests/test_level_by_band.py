@@ -49,3 +49,5 @@ def test_levels_are_chosen_per_band_and_judged_on_other_folds(tmp_path) -> None:
     assert report["all"]["n"] == 54
     change = report["all"]["adf_change"][0]
     assert abs(change - (-(6 * 4.0 + 12 * 2.0) / 18)) < 1e-9
+    # Five finer HC bands pick each head's best level too: no change against three.
+    assert report["finer_bands_adf_change"][0] == 0.0
