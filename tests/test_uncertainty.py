@@ -17,6 +17,7 @@ from fetalhead.uncertainty import (
     interval_features,
     interval_model,
     profile_features,
+    ridge_logistic,
 )
 
 #: A predicted HC in each band: 80 mm (13.4 weeks by Hadlock: first trimester), 200 mm
@@ -225,6 +226,19 @@ def test_flag_fit_flags_the_share_with_the_large_errors() -> None:
     assert not flag.flags(200.0, clean) and flag.flags(199.0, clean) and flag.flags(201.0, clean)
     # Blurrier means likelier to be wrong.
     assert flag.weights[FLAG_INPUTS.index("log_blur")] > 0
+
+
+def test_ridge_logistic_recovers_the_log_odds_of_a_binary_input() -> None:
+    # x = -1: 1 in 4 positive; x = +1: 3 in 4. The maximum-likelihood fit (no penalty to
+    # speak of) has logit(3/4) = ln 3 at x = 1 and logit(1/4) = -ln 3 at x = -1:
+    # bias 0 and weight ln 3 = 1.0986.
+    x = np.array([[-1.0]] * 4 + [[1.0]] * 4)
+    y = np.array([1, 0, 0, 0, 1, 1, 1, 0], float)
+    bias, weight = ridge_logistic(x, y, l2=1e-9)
+    assert bias == pytest.approx(0.0, abs=1e-6)
+    assert weight == pytest.approx(math.log(3.0), abs=1e-6)
+    # A penalty shrinks the weight towards 0.
+    assert 0.0 < ridge_logistic(x, y, l2=4.0)[1] < weight
 
 
 def test_flag_fit_needs_large_errors_and_a_share() -> None:

@@ -341,7 +341,9 @@ class FlagModel:
         return cls(**values)
 
 
-def _logistic(x: NDArray[np.float64], y: NDArray[np.float64], l2: float) -> NDArray[np.float64]:
+def ridge_logistic(
+    x: NDArray[np.float64], y: NDArray[np.float64], l2: float
+) -> NDArray[np.float64]:
     """Ridge logistic regression by Newton's method; returns ``[bias, *weights]``."""
     z = np.c_[np.ones(len(x)), x]
     penalty = l2 * np.diag(np.r_[0.0, np.ones(x.shape[1])])
@@ -374,7 +376,7 @@ def fit_flag(
     if y.sum() < 5:
         raise ValueError(f"need at least 5 calibration images with a large error, got {y.sum():g}")
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
-    beta = _logistic((x - mean) / std, y, l2=1.0)
+    beta = ridge_logistic((x - mean) / std, y, l2=1.0)
     scores = beta[0] + ((x - mean) / std) @ beta[1:]
     return FlagModel(
         mean=tuple(float(v) for v in mean),

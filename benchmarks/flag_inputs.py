@@ -1,0 +1,141 @@
+"""Would another input make the qc flag catch more of the large errors? Judged fold by fold.
+
+The shipped flag (``fetalhead.uncertainty.FlagModel``) is a ridge logistic regression of
+"|HC error| > 5 mm" on :data:`~fetalhead.uncertainty.FLAG_INPUTS`, cut so that a set
+share of its calibration images is flagged. Here the error is that of the HC the shipped
+defaults report: the boundary level by HC band, with each fold's levels chosen on the
+other folds (``picks_by_fold`` of ``benchmarks/results/level_by_band/report.json``).
+For each candidate set of inputs, the flag is fitted on four folds' held-out rows, cut
+at each share of them, and judged on the fifth fold. Candidates, each appended to the
+shipped inputs as ``ln(value + 0.001)``:
+
+- ``flip``: |HC of the flipped map - HC| / HC (costs a second network pass, as TTA does);
+- ``level_spread``: (HC at P = 0.55 - HC at P = 0.7) / HC, how far the boundary moves
+  with the level (no extra pass);
+- ``pixel_size``: the image's pixel size in mm (with ``--pixel-sizes``).
+
+Usage::
+
+    python benchmarks/flag_inputs.py benchmarks/results/cv5/per_image.csv \
+        --pixel-sizes ../shared/data/hc18/training_set_pixel_size_and_HC.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from cv_report import TRIMESTERS, read_per_image_csv
+
+from fetalhead.uncertainty import LARGE_ERROR_MM, flag_inputs, ridge_logistic
+
+SHARES = (0.05, 0.10, 0.15, 0.20)
+
+
+def level_df(row: dict, level: float) -> float:
+    return float(row.get(f"level{level:g}_df_mm", math.nan))
+
+
+def banded_rows(rows: list[dict], picks: dict[int, dict[str, float]]) -> list[dict]:
+    """Rows with ``hc_mm`` and ``df_mm`` of the banded HC, where every input is known."""
+    from fetalhead.uncertainty import band_of
+
+    out = []
+    for r in rows:
+        first = level_df(r, 0.55)
+        if not (math.isfinite(first) and "blur" in r and math.isfinite(level_df(r, 0.7))):
+            continue
+        level = picks[r["fold"]][band_of(first + r["hc_ref_mm"])]
+        df = level_df(r, level)
+        out.append(r | {"hc_mm": r["hc_ref_mm"] + df, "df_mm": df})
+    return out
+
+
+def candidate(row: dict, name: str) -> float:
+    hc = row["hc_mm"]
+    if name == "flip":
+        value = abs(row["hc_flip_mm"] - row["plain_hc_mm"]) / hc
+    elif name == "level_spread":
+        value = abs(level_df(row, 0.55) - level_df(row, 0.7)) / hc
+    else:
+        value = row[name]
+    return math.log(value + 1e-3)
+
+
+def judge(rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
+    """Flagged share and large errors caught, per share, each fold flagged by the others."""
+    x = np.array([[*flag_inputs(r["hc_mm"], r), *(candidate(r, e) for e in extra)] for r in rows])
+    y = np.array([abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows])
+    fold = np.array([r["fold"] for r in rows])
+    hc = np.array([r["hc_mm"] for r in rows])
+    out = []
+    for share in SHARES:
+        flagged = np.zeros(len(rows), bool)
+        for k in np.unique(fold):
+            fit = fold != k
+            mean, std = x[fit].mean(axis=0), x[fit].std(axis=0) + 1e-9
+            beta = ridge_logistic((x[fit] - mean) / std, y[fit].astype(float), l2=1.0)
+            score = beta[0] + ((x - mean) / std) @ beta[1:]
+            cut = np.quantile(score[fit], 1.0 - share)
+            outside = (hc < hc[fit].min()) | (hc > hc[fit].max())
+            flagged[~fit] = (score[~fit] > cut) | outside[~fit]
+        out.append(
+            {
+                "share": share,
+                "flagged": float(flagged.mean()),
+                "caught": float((flagged & y).sum() / y.sum()),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("per_image", type=Path)
+    ap.add_argument(
+        "--levels",
+        type=Path,
+        default=Path(__file__).parent / "results" / "level_by_band" / "report.json",
+        help="level_by_band.py's report (its per-fold picks)",
+    )
+    ap.add_argument("--pixel-sizes", type=Path, help="HC18 CSV of pixel sizes, to judge them")
+    ap.add_argument("--out", type=Path, help="write the result as JSON here")
+    args = ap.parse_args()
+    picks = {int(k): v for k, v in json.loads(args.levels.read_text())["picks_by_fold"].items()}
+    rows, _ = read_per_image_csv(args.per_image)
+    candidates: list[tuple[str, ...]] = [(), ("flip",), ("level_spread",), ("flip", "level_spread")]
+    if args.pixel_sizes:
+        with open(args.pixel_sizes, newline="") as fh:
+            px = {r["filename"]: float(r["pixel size(mm)"]) for r in csv.DictReader(fh)}
+        rows = [r | {"pixel_size": px[r["filename"]]} for r in rows]
+        candidates.append(("pixel_size",))
+    rows = banded_rows(rows, picks)
+    large = [abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows]
+    by_tri = {t: sum(g for g, r in zip(large, rows, strict=True) if r["trimester"] == t)
+              for t in TRIMESTERS}  # fmt: skip
+    counts = ", ".join(f"{t} {n}" for t, n in by_tri.items())
+    print(
+        f"# qc flag inputs: {len(rows)} held-out images, {sum(large)} with |HC error| > "
+        f"{LARGE_ERROR_MM:g} mm at the banded levels ({counts})"
+    )
+    print()
+    print("| inputs | " + " | ".join(f"cut at {s:.0%}: flagged / caught" for s in SHARES) + " |")
+    print("|---|" + "---|" * len(SHARES))
+    report = {"n": len(rows), "large_errors": int(sum(large)), "candidates": {}}
+    for extra in candidates:
+        name = "shipped" + "".join(f" + {e}" for e in extra)
+        curve = judge(rows, extra)
+        report["candidates"][name] = curve
+        cells = " | ".join(f"{c['flagged']:.1%} / {c['caught']:.1%}" for c in curve)
+        print(f"| {name} | {cells} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
