@@ -40,7 +40,8 @@ def fold_rows(data: str, fold_dir: Path, level: float) -> list[dict]:
     """Two-pass and first-pass results of one fold's held-out images."""
     cfg = json.loads((fold_dir / "config.json").read_text())
     fold = int(fold_dir.name.removeprefix("fold"))
-    _, held_out = kfold_by_prefix(find_cases(data), cfg["folds"], fold, cfg["seed"])
+    seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+    _, held_out = kfold_by_prefix(find_cases(data), cfg["folds"], fold, seed)
     ckpt = Checkpoint.load(fold_dir / "final.pt")
     kw = {"backend": "torch", "tta": False, "reject_non_heads": False}
     one = HeadMeasurer(ckpt, refine=False, **kw)

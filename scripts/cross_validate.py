@@ -91,7 +91,7 @@ def main() -> None:
             train(cfg, resume=(run / "last.pt").exists())
         maps = run / "heldout_maps.npz"
         if not maps.exists():
-            heldout_maps(run / "final.pt", args.data, args.folds, k, cfg.seed, maps)
+            heldout_maps(run / "final.pt", args.data, args.folds, k, cfg.effective_split_seed, maps)
         logger.info("fold %d done in %.0f s", k, time.perf_counter() - t0)
 
 

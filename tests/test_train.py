@@ -286,6 +286,21 @@ def test_fold_training_validates_on_its_fold_and_writes_final_weights(synth, tmp
     assert ck.meta["split"]["method"] == "by 3-digit scan prefix, fold 1 of 3"
 
 
+def test_split_seed_keeps_the_folds_when_the_training_seed_changes(synth) -> None:
+    from fetalhead.training.loop import split_cases
+
+    base = dataclasses.replace(tiny_config(synth, Path("unused")), folds=3, fold=1)
+    again = dataclasses.replace(base, seed=1, split_seed=42)
+    assert base.effective_split_seed == again.effective_split_seed == 42
+    val_names = lambda cfg: sorted(c.image.name for c in split_cases(cfg)[1])  # noqa: E731
+    assert val_names(again) == val_names(base)
+    # Without split_seed, the seed draws the folds too: seed 1 holds out other prefixes.
+    moved = dataclasses.replace(base, seed=1)
+    assert moved.effective_split_seed == 1
+    assert val_names(moved) == ["003_2HC.png", "003_HC.png", "004_2HC.png", "004_HC.png"]
+    assert val_names(base) == ["000_2HC.png", "000_HC.png", "001_2HC.png", "001_HC.png"]
+
+
 def test_precision_and_fold_options_are_checked() -> None:
     with pytest.raises(ValueError, match="precision must be"):
         TrainConfig(precision="fp8")  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ def weights_meta(
             "val_fraction": None if cfg.folds else cfg.val_fraction,
             "folds": cfg.folds,
             "fold": cfg.fold,
-            "seed": cfg.seed,
+            "seed": cfg.effective_split_seed,
             "n_train": len(train_cases),
             "n_val": len(val_cases),
             "val_files": [c.image.name for c in val_cases],

@@ -48,7 +48,11 @@ class TrainConfig:
         precision: ``float32``; ``bfloat16`` (autocast, channels_last on CPU); or
             ``auto``: bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX) and
             float16 mixed precision on CUDA, else float32.
-        seed: Seed of split, initialisation, shuffling and augmentation.
+        seed: Seed of initialisation, shuffling and augmentation, and of the split
+            unless ``split_seed`` is given.
+        split_seed: Seed of the split (``None``: ``seed``). Another ``seed`` with the
+            same ``split_seed`` trains the same recipe again on the same folds, which
+            measures how much two runs of one recipe differ.
         device: ``auto``, ``cpu`` or ``cuda``.
         augment: Use on-the-fly augmentation.
         max_images: Use only the first N cases (for tests and smoke runs).
@@ -91,6 +95,7 @@ class TrainConfig:
     fold: int | None = None
     precision: PrecisionName = "auto"
     seed: int = 42
+    split_seed: int | None = None
     device: DeviceName = "auto"
     augment: bool = True
     max_images: int | None = None
@@ -131,6 +136,11 @@ class TrainConfig:
             raise ValueError(
                 f"need folds >= 2 and 0 <= fold < folds, got folds={self.folds}, fold={self.fold}"
             )
+
+    @property
+    def effective_split_seed(self) -> int:
+        """The seed the split is drawn with: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def model_config(self) -> ModelConfig:

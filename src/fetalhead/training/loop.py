@@ -113,8 +113,8 @@ def split_cases(cfg: TrainConfig) -> tuple[list[Case], list[Case]]:
     if cfg.max_images:
         cases = cases[: cfg.max_images]
     if cfg.folds is not None and cfg.fold is not None:
-        return kfold_by_prefix(cases, cfg.folds, cfg.fold, cfg.seed)
-    return split_by_prefix(cases, cfg.val_fraction, cfg.seed)
+        return kfold_by_prefix(cases, cfg.folds, cfg.fold, cfg.effective_split_seed)
+    return split_by_prefix(cases, cfg.val_fraction, cfg.effective_split_seed)
 
 
 def reference_hc_mm(case: Case) -> float | None:
