@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from cv_report import TRIMESTERS, read_per_image_csv
 
-from fetalhead.uncertainty import LARGE_ERROR_MM, flag_inputs, ridge_logistic
+from fetalhead.uncertainty import LARGE_ERROR_MM, band_of, flag_inputs, ridge_logistic
 
 SHARES = (0.05, 0.10, 0.15, 0.20)
 
@@ -42,8 +42,6 @@ def level_df(row: dict, level: float) -> float:
 
 def banded_rows(rows: list[dict], picks: dict[int, dict[str, float]]) -> list[dict]:
     """Rows with ``hc_mm`` and ``df_mm`` of the banded HC, where every input is known."""
-    from fetalhead.uncertainty import band_of
-
     out = []
     for r in rows:
         first = level_df(r, 0.55)
