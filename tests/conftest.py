@@ -92,6 +92,23 @@ class OracleBackend:
         return np.stack(out).astype(np.float32)
 
 
+#: The benchmark scripts, which some tests load as modules.
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (with ``benchmarks/`` on the path for its imports)."""
+    import importlib.util
+    import sys
+
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def predict_cli(inputs: list, out: Path, weights: Path, *extra: str) -> int:
     """Run ``fetalhead predict`` in-process with the usual test options."""
     from fetalhead.cli import main

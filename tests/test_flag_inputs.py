@@ -1,20 +1,14 @@
 """benchmarks/flag_inputs.py: candidate qc-flag inputs judged fold by fold."""
 
 import csv
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 def load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("flag_inputs", BENCH / "flag_inputs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("flag_inputs")
 
 
 def rows() -> list[dict]:

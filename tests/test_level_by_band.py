@@ -1,20 +1,14 @@
 """benchmarks/level_by_band.py: per-band boundary levels chosen on other folds."""
 
 import csv
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 def load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("level_by_band", BENCH / "level_by_band.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("level_by_band")
 
 
 def rows(fold: int) -> list[dict]:
