@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from fetalhead.data import find_cases, kfold_by_prefix, label_ellipse
 from fetalhead.model import Checkpoint
 from fetalhead.predict import HeadMeasurer
 from fetalhead.readers import read_gray
+from fetalhead.training import TrainConfig
 
 COLUMNS = (
     "filename", "prefix", "fold", "hc_ref_mm", "trimester", "pass1_hc_mm", "refined",
@@ -38,10 +38,9 @@ COLUMNS = (
 
 def fold_rows(data: str, fold_dir: Path, level: float) -> list[dict]:
     """Two-pass and first-pass results of one fold's held-out images."""
-    cfg = json.loads((fold_dir / "config.json").read_text())
+    cfg = TrainConfig.from_file(fold_dir / "config.json")
     fold = int(fold_dir.name.removeprefix("fold"))
-    seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
-    _, held_out = kfold_by_prefix(find_cases(data), cfg["folds"], fold, seed)
+    _, held_out = kfold_by_prefix(find_cases(data), cfg.folds, fold, cfg.effective_split_seed)
     ckpt = Checkpoint.load(fold_dir / "final.pt")
     kw = {"backend": "torch", "tta": False, "reject_non_heads": False}
     one = HeadMeasurer(ckpt, refine=False, **kw)

@@ -30,25 +30,22 @@ from pathlib import Path
 
 import numpy as np
 from cv_report import TRIMESTERS, read_per_image_csv
+from level_by_band import df_at
 
 from fetalhead.uncertainty import LARGE_ERROR_MM, band_of, flag_inputs, ridge_logistic
 
 SHARES = (0.05, 0.10, 0.15, 0.20)
 
 
-def level_df(row: dict, level: float) -> float:
-    return float(row.get(f"level{level:g}_df_mm", math.nan))
-
-
 def banded_rows(rows: list[dict], picks: dict[int, dict[str, float]]) -> list[dict]:
     """Rows with ``hc_mm`` and ``df_mm`` of the banded HC, where every input is known."""
     out = []
     for r in rows:
-        first = level_df(r, 0.55)
-        if not (math.isfinite(first) and "blur" in r and math.isfinite(level_df(r, 0.7))):
+        first = df_at(r, 0.55)
+        if not (math.isfinite(first) and "blur" in r and math.isfinite(df_at(r, 0.7))):
             continue
         level = picks[r["fold"]][band_of(first + r["hc_ref_mm"])]
-        df = level_df(r, level)
+        df = df_at(r, level)
         out.append(r | {"hc_mm": r["hc_ref_mm"] + df, "df_mm": df})
     return out
 
@@ -58,7 +55,7 @@ def candidate(row: dict, name: str) -> float:
     if name == "flip":
         value = abs(row["hc_flip_mm"] - row["plain_hc_mm"]) / hc
     elif name == "level_spread":
-        value = abs(level_df(row, 0.55) - level_df(row, 0.7)) / hc
+        value = abs(df_at(row, 0.55) - df_at(row, 0.7)) / hc
     else:
         value = row[name]
     return math.log(value + 1e-3)

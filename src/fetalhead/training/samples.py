@@ -18,7 +18,7 @@ from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.gestation import hadlock_1984, trimester
 
 
-def build_augmentation(seed: int, scale: tuple[float, float] = (0.85, 1.15)) -> A.Compose:
+def build_augmentation(seed: int, scale: tuple[float, float]) -> A.Compose:
     """Flips, small rotations, scales (``scale``, uniform) and shifts, and gamma/contrast."""
     return A.Compose(
         [
