@@ -9,6 +9,12 @@ post-processing choice (TTA, ellipse weighting, qc thresholds, interval
 calibration) is then scored from these maps without retraining:
 ``benchmarks/cv_report.py``.
 
+A recipe with ``ema_decay`` also leaves each fold's moving average of the weights
+(``final_ema.pt``); its held-out maps go to ``RUN_ema/foldK/heldout_maps.npz``, with
+the fold's ``log.csv`` and ``config.json`` copied beside them, so that
+``benchmarks/compare_recipes.py`` pairs the average against the last weights of the
+same runs (``--base RUN --variant ema=RUN_ema``).
+
 Usage::
 
     python scripts/cross_validate.py ../shared/data/hc18/training_set --out runs/cv5 \
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -92,6 +99,15 @@ def main() -> None:
         maps = run / "heldout_maps.npz"
         if not maps.exists():
             heldout_maps(run / "final.pt", args.data, args.folds, k, cfg.effective_split_seed, maps)
+        ema = Path(f"{args.out}_ema") / f"fold{k}"
+        if (run / "final_ema.pt").exists() and not (ema / "heldout_maps.npz").exists():
+            ema.mkdir(parents=True, exist_ok=True)
+            for name in ("log.csv", "config.json"):
+                shutil.copy(run / name, ema / name)
+            heldout_maps(
+                run / "final_ema.pt", args.data, args.folds, k, cfg.effective_split_seed,
+                ema / "heldout_maps.npz",
+            )  # fmt: skip
         logger.info("fold %d done in %.0f s", k, time.perf_counter() - t0)
 
 

@@ -402,3 +402,44 @@ def test_scale_range_is_checked_and_read_from_yaml(tmp_path) -> None:
         TrainConfig(scale_range=(1.2, 0.9))
     with pytest.raises(ValueError, match="crop_fraction"):
         TrainConfig(crop_fraction=1.5)
+
+
+def test_weight_average_is_saved_beside_the_last_weights_and_resumes_exactly(
+    synth, tmp_path, monkeypatch
+) -> None:
+    from fetalhead.training import loop
+
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+    cfg = lambda out: dataclasses.replace(tiny_config(synth, out, 3), ema_decay=0.9)  # noqa: E731
+    train(cfg(tmp_path / "ref"))
+    last = Checkpoint.load(tmp_path / "ref" / "final.pt")
+    avg = Checkpoint.load(tmp_path / "ref" / "final_ema.pt")
+    assert avg.config == last.config and avg.meta["split"] == last.meta["split"]
+    assert avg.meta["averaged"]["ema_decay"] == 0.9 and "averaged" not in last.meta
+    assert set(avg.state_dict) == set(last.state_dict)
+    # An average of the steps, not the last step: weights and BatchNorm statistics differ.
+    assert not torch.equal(avg.state_dict["down.0.0.weight"], last.state_dict["down.0.0.weight"])
+    running = [k for k in last.state_dict if k.endswith("running_mean")]
+    assert running and not torch.equal(avg.state_dict[running[0]], last.state_dict[running[0]])
+    # The same training without the average ends in the same last weights.
+    train(tiny_config(synth, tmp_path / "plain", 3))
+    plain = Checkpoint.load(tmp_path / "plain" / "final.pt")
+    assert all(torch.equal(plain.state_dict[k], last.state_dict[k]) for k in last.state_dict)
+    assert not (tmp_path / "plain" / "final_ema.pt").exists()
+
+    # Stopped after epoch 2 and resumed, the average is the uninterrupted one.
+    real = loop._train_epoch
+
+    def stop_at_3(run, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real(run, epoch)
+
+    monkeypatch.setattr(loop, "_train_epoch", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "stopped"))
+    monkeypatch.setattr(loop, "_train_epoch", real)
+    train(cfg(tmp_path / "stopped"), resume=True)
+    again = Checkpoint.load(tmp_path / "stopped" / "final_ema.pt")
+    assert all(torch.equal(again.state_dict[k], avg.state_dict[k]) for k in avg.state_dict)

@@ -74,6 +74,10 @@ class TrainConfig:
         init_weights: Start from this checkpoint's weights (fine-tuning). Its
             architecture must match, and it must have been trained with the same
             validation files, so that no validation image was ever trained on.
+        ema_decay: Also keep an exponential moving average of the weights (and
+            BatchNorm statistics), updated after every step with this decay, and save
+            it as ``final_ema.pt`` beside ``final.pt`` (``None``: no average). The
+            training itself, its validation and ``best.pt`` do not change.
 
     """
 
@@ -107,6 +111,7 @@ class TrainConfig:
     deep_supervision: bool = False
     crop_fraction: float = 0.0
     scale_range: tuple[float, float] = (0.85, 1.15)
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in get_args(LossName):
@@ -124,6 +129,8 @@ class TrainConfig:
         self.scale_range = (lo, hi)
         if not 0.0 <= self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in [0, 1], got {self.crop_fraction}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.precision not in ("auto", "float32", "bfloat16"):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, default_collate
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -170,6 +171,7 @@ class _Run:
     val_ds: HeadDataset
     val_cache: CachedCases
     val_refs: list[float | None]
+    ema: AveragedModel | None = None
 
 
 def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
@@ -212,6 +214,12 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
     if device.type == "cpu" and amp_dtype == torch.bfloat16:
         model = model.to(memory_format=torch.channels_last)
     logger.info("precision: %s", "float32" if amp_dtype is None else str(amp_dtype))
+    ema = None
+    if cfg.ema_decay is not None:
+        # Buffers too: the average's BatchNorm statistics follow its weights.
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
     ddp_model: torch.nn.Module = model
     if info.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -220,7 +228,7 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
     return _Run(
         cfg, device, info, model, ddp_model, opt, sched, scaler, amp_dtype, loader, sampler,
         augment, train_cases, val_cases, HeadDataset(val_cache, None), val_cache,
-        [reference_hc_mm(c) for c in val_cases],
+        [reference_hc_mm(c) for c in val_cases], ema,
     )  # fmt: skip
 
 
@@ -257,6 +265,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float, float]:
         run.scaler.step(run.opt)
         run.scaler.update()
         run.sched.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         with torch.no_grad():
             d = hard_dice(logits.float(), y)
         sums[0] += loss.item() * len(x)
@@ -330,6 +340,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         start_epoch = int(state["epoch"]) + 1
         best = float(state["best_val_dice"])
         history = [EpochLog(**h) for h in state["history"]]
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed %s at epoch %d", run_dir, start_epoch)
     elif cfg.init_weights:
@@ -369,6 +381,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 # The last epoch's weights, chosen without looking at validation:
                 # cross-validation scores these, so that no fold's score is selected on.
                 Checkpoint.from_model(run.model, meta).save(run_dir / "final.pt")
+                if run.ema is not None:
+                    averaged = {
+                        "ema_decay": cfg.ema_decay,
+                        "metrics": "of the last weights, not of this average",
+                    }
+                    Checkpoint.from_model(run.ema.module, {**meta, "averaged": averaged}).save(
+                        run_dir / "final_ema.pt"
+                    )
             save_state(
                 last_path,
                 {
@@ -380,6 +400,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                     "best_val_dice": best,
                     "history": [asdict(h) for h in history],
                     "torch_rng": torch.get_rng_state(),
+                    **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
                 },
             )
             write_log(history, run_dir / "log.csv")
