@@ -74,10 +74,11 @@ class TrainConfig:
         init_weights: Start from this checkpoint's weights (fine-tuning). Its
             architecture must match, and it must have been trained with the same
             validation files, so that no validation image was ever trained on.
-        ema_decay: Also keep an exponential moving average of the weights (and
-            BatchNorm statistics), updated after every step with this decay, and save
-            it as ``final_ema.pt`` beside ``final.pt`` (``None``: no average). The
-            training itself, its validation and ``best.pt`` do not change.
+        ema_decay: Also keep an exponential moving average of the weights, updated
+            after every step with this decay, and save it as ``final_ema.pt`` beside
+            ``final.pt``, its BatchNorm statistics measured again on the training
+            images (``None``: no average). The training itself, its validation and
+            ``best.pt`` do not change.
 
     """
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import DataLoader, default_collate
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -172,6 +172,20 @@ class _Run:
     val_cache: CachedCases
     val_refs: list[float | None]
     ema: AveragedModel | None = None
+    train_plain: HeadDataset | None = None
+
+
+def _measure_bn(run: _Run) -> None:
+    """Measure the averaged weights' BatchNorm statistics on the training images.
+
+    One pass in training mode over the images without augmentation, in float32 (as
+    inference runs), each BatchNorm's statistics the plain mean over the pass.
+    """
+    if run.ema is None or run.train_plain is None:
+        return
+    loader = DataLoader(run.train_plain, batch_size=run.cfg.batch_size, shuffle=False)
+    update_bn(loader, run.ema.module, run.device)
+    run.ema.module.eval()
 
 
 def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
@@ -216,10 +230,9 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
     logger.info("precision: %s", "float32" if amp_dtype is None else str(amp_dtype))
     ema = None
     if cfg.ema_decay is not None:
-        # Buffers too: the average's BatchNorm statistics follow its weights.
-        ema = AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-        )
+        # Weights only: BatchNorm statistics averaged over steps do not fit averaged
+        # weights (HC came out 11 mm small that way); they are measured again at the end.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
     ddp_model: torch.nn.Module = model
     if info.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -229,6 +242,7 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
         cfg, device, info, model, ddp_model, opt, sched, scaler, amp_dtype, loader, sampler,
         augment, train_cases, val_cases, HeadDataset(val_cache, None), val_cache,
         [reference_hc_mm(c) for c in val_cases], ema,
+        HeadDataset(train_cache, None) if ema is not None else None,
     )  # fmt: skip
 
 
@@ -382,6 +396,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 # cross-validation scores these, so that no fold's score is selected on.
                 Checkpoint.from_model(run.model, meta).save(run_dir / "final.pt")
                 if run.ema is not None:
+                    _measure_bn(run)
                     averaged = {
                         "ema_decay": cfg.ema_decay,
                         "metrics": "of the last weights, not of this average",
