@@ -43,7 +43,18 @@ def test_two_pass_variants_are_paired_with_their_members() -> None:
          "df": {"a": 2.0, "b": -4.0, "a + flip": 3.0, "b + flip": -4.0, "a & b": 1.0}}
         for i in range(6)
     ]  # fmt: skip
-    report = module.summarise(rows, ["a", "b"])["variants"]
+    # Where one variant finds no head, the image leaves every figure, and is counted.
+    rows.append(
+        {
+            "prefix": "999",
+            "trimester": "first",
+            "df": {"a": math.nan, "b": 40.0, "a + flip": 50.0, "b + flip": 1.0, "a & b": 1.0},
+        }
+    )
+    summary = module.summarise(rows, ["a", "b"])
+    assert summary["n"] == 6
+    report = summary["variants"]
+    assert report["a"]["no_head_found"] == 1 and report["b"]["no_head_found"] == 0
     assert report["a"]["passes"] == 1 and report["a"]["adf_mm"][0] == pytest.approx(2.0)
     both = report["a & b"]
     assert both["passes"] == 2 and both["better_member"] == "a"
