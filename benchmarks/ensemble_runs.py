@@ -17,7 +17,8 @@ are 95 % bootstrap intervals over scan prefixes.
 Usage::
 
     python benchmarks/ensemble_runs.py ../shared/data/hc18/training_set \
-        --run base=runs/cv5_ema --run seed43=runs/cv5_ema_rerun --out benchmarks/results/ensembles
+        --run seed42=runs/cv5_ema --run seed43=runs/cv5_rerun --run seed44=runs/cv5_seed44 \
+        --out benchmarks/results/ensembles
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def test_an_ensemble_of_two_hard_maps_measures_where_both_agree() -> None:
         "b": {"001_HC.png": (disk(50), disk(60))},
     }
     df = module.variant_errors(runs, case, (192, 288), level=0.6)
-    # A drawn disk of radius r has an outline near radius r + 0.5: HC within 2 mm.
+    # A drawn disk of radius r has its P = 0.6 outline about 0.4 px outside r: HC within 2 mm.
     assert df["a"] == pytest.approx(0.0, abs=2.0)
     assert df["b"] == pytest.approx(2 * math.pi * 10 * 0.5, abs=2.0)
     # Mean of the flips: 1 inside radius 50, 0.5 out to 60; the level 0.6 keeps radius 50
