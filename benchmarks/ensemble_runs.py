@@ -160,12 +160,13 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--boundary-level", type=float, default=0.6)
     args = ap.parse_args()
-    runs: dict[str, Maps] = {}
+    paths: dict[str, str] = {}
     for spec in args.run:
         name, _, path = spec.partition("=")
         if not path or "&" in name or name.endswith(" + flip"):
             ap.error(f"--run takes NAME=RUN_DIR (no '&' or ' + flip' in NAME), got {spec!r}")
-        runs[name] = load_maps(Path(path))
+        paths[name] = path
+    runs = {name: load_maps(Path(path)) for name, path in paths.items()}
     shared = set.intersection(*(set(m) for m in runs.values()))
     if not shared:
         ap.error("the runs hold out no image in common")
@@ -183,7 +184,7 @@ def main() -> None:
             }
         )
     report = summarise(rows, list(runs)) | {"level": args.boundary_level}
-    report["runs"] = dict(spec.partition("=")[::2] for spec in args.run)
+    report["runs"] = paths
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(table(report) + "\n")
     (args.out / "report.json").write_text(json.dumps(report, indent=2))

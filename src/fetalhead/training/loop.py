@@ -171,21 +171,19 @@ class _Run:
     val_ds: HeadDataset
     val_cache: CachedCases
     val_refs: list[float | None]
+    train_cache: CachedCases
     ema: AveragedModel | None = None
-    train_plain: HeadDataset | None = None
 
 
-def _measure_bn(run: _Run) -> None:
+def _measure_bn(run: _Run, ema: AveragedModel) -> None:
     """Measure the averaged weights' BatchNorm statistics on the training images.
 
     One pass in training mode over the images without augmentation, in float32 (as
     inference runs), each BatchNorm's statistics the plain mean over the pass.
     """
-    if run.ema is None or run.train_plain is None:
-        return
-    loader = DataLoader(run.train_plain, batch_size=run.cfg.batch_size, shuffle=False)
-    update_bn(loader, run.ema.module, run.device)
-    run.ema.module.eval()
+    plain = HeadDataset(run.train_cache, None)
+    update_bn(DataLoader(plain, batch_size=run.cfg.batch_size), ema.module, run.device)
+    ema.module.eval()
 
 
 def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
@@ -241,8 +239,7 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
     return _Run(
         cfg, device, info, model, ddp_model, opt, sched, scaler, amp_dtype, loader, sampler,
         augment, train_cases, val_cases, HeadDataset(val_cache, None), val_cache,
-        [reference_hc_mm(c) for c in val_cases], ema,
-        HeadDataset(train_cache, None) if ema is not None else None,
+        [reference_hc_mm(c) for c in val_cases], train_cache, ema,
     )  # fmt: skip
 
 
@@ -396,7 +393,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 # cross-validation scores these, so that no fold's score is selected on.
                 Checkpoint.from_model(run.model, meta).save(run_dir / "final.pt")
                 if run.ema is not None:
-                    _measure_bn(run)
+                    _measure_bn(run, run.ema)
                     averaged = {
                         "ema_decay": cfg.ema_decay,
                         "metrics": "of the last weights, not of this average",
