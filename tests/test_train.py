@@ -427,6 +427,9 @@ def test_weight_average_is_saved_beside_the_last_weights_and_resumes_exactly(
     plain = Checkpoint.load(tmp_path / "plain" / "final.pt")
     assert all(torch.equal(plain.state_dict[k], last.state_dict[k]) for k in last.state_dict)
     assert not (tmp_path / "plain" / "final_ema.pt").exists()
+    # A run without the average cannot be resumed with one: there is none to go on from.
+    with pytest.raises(ValueError, match="without ema_decay"):
+        train(cfg(tmp_path / "plain"), resume=True)
 
     # Stopped after epoch 2 and resumed, the average is the uninterrupted one.
     real = loop._train_epoch

@@ -352,6 +352,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         best = float(state["best_val_dice"])
         history = [EpochLog(**h) for h in state["history"]]
         if run.ema is not None:
+            if "ema" not in state:
+                raise ValueError(
+                    f"{last_path} was trained without ema_decay, so it holds no weight average "
+                    "to resume; resume without ema_decay or start a new run"
+                )
             run.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed %s at epoch %d", run_dir, start_epoch)
