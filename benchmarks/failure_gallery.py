@@ -1,0 +1,104 @@
+"""The worst held-out measurements of a cross-validation run, drawn on their images.
+
+For each fold of a ``scripts/cross_validate.py`` run, the held-out maps are measured as
+``fetalhead predict`` does with the shipped boundary levels by HC band (P = 0.55, or 0.65
+where that HC is a third-trimester one; ``--levels`` to change them). The ``--n`` images
+with the largest |HC error| are drawn in a grid: the reference ellipse in green, the
+map's boundary in yellow and the ellipse fitted to it in red, each titled with its name,
+reference HC and error. HC18 images (van den Heuvel et al. 2018, CC BY 4.0).
+
+    python benchmarks/failure_gallery.py ../shared/data/hc18/training_set --run runs/cv5_ema \
+        --out docs/heldout_failures.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from fetalhead.data import Case, find_cases, label_ellipse
+from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.geometry.letterbox import Letterbox
+from fetalhead.postprocess import postprocess
+from fetalhead.readers import read_gray
+from fetalhead.uncertainty import band_of
+
+GREEN, YELLOW, RED = (0, 200, 0), (0, 220, 255), (0, 0, 255)  # BGR
+TILE_W = 360
+
+
+def banded_fit(
+    prob: NDArray[np.float32], lb: Letterbox, px_mm: float, levels: dict[str, float]
+) -> tuple[Ellipse | None, NDArray[np.float64] | None]:
+    """Ellipse and boundary at the level of the HC band that the first band's level gives."""
+    e, contour, _, _ = postprocess(prob, lb, "full", level=levels["first"])
+    if e is None:
+        return None, None
+    level = levels[band_of(e.perimeter * px_mm)]
+    if level != levels["first"]:
+        e, contour, _, _ = postprocess(prob, lb, "full", level=level)
+    return e, contour
+
+
+def _draw_ellipse(img: NDArray[np.uint8], e: Ellipse, colour: tuple[int, int, int]) -> None:
+    cv2.ellipse(
+        img, ((e.cx, e.cy), (2 * e.a, 2 * e.b), math.degrees(e.angle)), colour, 2, cv2.LINE_AA
+    )
+
+
+def tile(case: Case, e: Ellipse, contour: NDArray[np.float64], df_mm: float) -> NDArray[np.uint8]:
+    """One image with its three curves and a title, scaled to :data:`TILE_W` wide."""
+    img = cv2.cvtColor(read_gray(case.image), cv2.COLOR_GRAY2BGR)
+    cv2.polylines(img, [np.round(contour).astype(np.int32)], True, YELLOW, 1, cv2.LINE_AA)
+    _draw_ellipse(img, label_ellipse(case), GREEN)
+    _draw_ellipse(img, e, RED)
+    h, w = img.shape[:2]
+    img = cv2.resize(img, (TILE_W, round(h * TILE_W / w)), interpolation=cv2.INTER_AREA)
+    title = f"{case.image.name}  ref {case.hc_mm:.0f} mm  error {df_mm:+.1f} mm"
+    cv2.putText(img, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+    return img
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--run", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--n", type=int, default=12)
+    ap.add_argument("--columns", type=int, default=3)
+    ap.add_argument("--levels", type=float, nargs=3, default=(0.55, 0.55, 0.65),
+                    metavar=("FIRST", "SECOND", "THIRD"))  # fmt: skip
+    args = ap.parse_args()
+    levels = dict(zip(("first", "second", "third"), args.levels, strict=True))
+    cases = {c.image.name: c for c in find_cases(args.data)}
+    found = []
+    for maps in sorted(args.run.glob("fold*/heldout_maps.npz")):
+        z = np.load(maps)
+        for name, plain in zip(z["names"], z["plain"], strict=True):
+            case = cases[str(name)]
+            prob = plain.astype(np.float32)
+            h, w = read_gray(case.image).shape
+            e, contour = banded_fit(prob, Letterbox(h, w, *prob.shape), case.pixel_size_mm, levels)
+            if e is not None and contour is not None and case.hc_mm is not None:
+                found.append((abs(e.perimeter * case.pixel_size_mm - case.hc_mm), case, e, contour))
+    found.sort(key=lambda t: -t[0])
+    tiles = []
+    for _, case, e, contour in found[: args.n]:
+        tiles.append(tile(case, e, contour, e.perimeter * case.pixel_size_mm - case.hc_mm))
+    drawn = len(tiles)
+    tile_h = max(t.shape[0] for t in tiles)
+    tiles = [np.pad(t, ((0, tile_h - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % args.columns)
+    rows = [np.hstack(tiles[i : i + args.columns]) for i in range(0, len(tiles), args.columns)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(args.out), np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    print(f"{len(found)} held-out images measured; the {drawn} worst drawn in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
