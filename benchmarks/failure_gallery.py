@@ -1,11 +1,12 @@
 """The worst held-out measurements of a cross-validation run, drawn on their images.
 
 For each fold of a ``scripts/cross_validate.py`` run, the held-out maps are measured as
-``fetalhead predict`` does with the shipped boundary levels by HC band (P = 0.55, or 0.65
-where that HC is a third-trimester one; ``--levels`` to change them). The ``--n`` images
-with the largest |HC error| are drawn in a grid: the reference ellipse in green, the
-map's boundary in yellow and the ellipse fitted to it in red, each titled with its name,
-reference HC and error. HC18 images (van den Heuvel et al. 2018, CC BY 4.0).
+``fetalhead predict`` does (:func:`fetalhead.predict.fit_by_band`) with the shipped
+boundary levels by HC band (P = 0.55, or 0.65 where that HC is a third-trimester one;
+``--levels`` to change them). The ``--n`` images with the largest |HC error| are drawn in
+a grid: the reference ellipse in green, the map's boundary in yellow and the ellipse
+fitted to it in red, each titled with its name, reference HC and error. HC18 images (van
+den Heuvel et al. 2018, CC BY 4.0).
 
     python benchmarks/failure_gallery.py ../shared/data/hc18/training_set --run runs/cv5_ema \
         --out docs/heldout_failures.jpg
@@ -24,25 +25,11 @@ from numpy.typing import NDArray
 from fetalhead.data import Case, find_cases, label_ellipse
 from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.geometry.letterbox import Letterbox
-from fetalhead.postprocess import postprocess
+from fetalhead.predict import fit_by_band
 from fetalhead.readers import read_gray
-from fetalhead.uncertainty import band_of
 
 GREEN, YELLOW, RED = (0, 200, 0), (0, 220, 255), (0, 0, 255)  # BGR
 TILE_W = 360
-
-
-def banded_fit(
-    prob: NDArray[np.float32], lb: Letterbox, px_mm: float, levels: dict[str, float]
-) -> tuple[Ellipse | None, NDArray[np.float64] | None]:
-    """Ellipse and boundary at the level of the HC band that the first band's level gives."""
-    e, contour, _, _ = postprocess(prob, lb, "full", level=levels["first"])
-    if e is None:
-        return None, None
-    level = levels[band_of(e.perimeter * px_mm)]
-    if level != levels["first"]:
-        e, contour, _, _ = postprocess(prob, lb, "full", level=level)
-    return e, contour
 
 
 def _draw_ellipse(img: NDArray[np.uint8], e: Ellipse, colour: tuple[int, int, int]) -> None:
@@ -83,7 +70,8 @@ def main() -> None:
             case = cases[str(name)]
             prob = plain.astype(np.float32)
             h, w = read_gray(case.image).shape
-            e, contour = banded_fit(prob, Letterbox(h, w, *prob.shape), case.pixel_size_mm, levels)
+            lb = Letterbox(h, w, *prob.shape)
+            e, contour, _, _ = fit_by_band(prob, lb, "full", levels, 0.6, case.pixel_size_mm)
             if e is not None and contour is not None and case.hc_mm is not None:
                 found.append((abs(e.perimeter * case.pixel_size_mm - case.hc_mm), case, e, contour))
     found.sort(key=lambda t: -t[0])

@@ -78,6 +78,34 @@ class NoWeightsError(FileNotFoundError):
     """Raised when the default weights have not been trained or installed."""
 
 
+def fit_by_band(
+    prob: NDArray[np.float32],
+    lb: Letterbox,
+    method: PostprocessName,
+    band_levels: dict[str, float] | None,
+    level: float,
+    px: float | None,
+) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
+    """The head's ellipse (:func:`~fetalhead.postprocess.postprocess`) at its HC band's level.
+
+    With levels by band and a pixel size, the ellipse is fitted at the second band's
+    level (the commonest heads), and fitted again at its band's level if that HC falls
+    in a band with another level (kept unless that finds no head). Otherwise at
+    ``level``.
+    """
+    if not band_levels or px is None:
+        return postprocess(prob, lb, method, level=level)
+    first = band_levels["second"]
+    fit = postprocess(prob, lb, method, level=first)
+    if fit[0] is not None:
+        wanted = band_levels[band_of(fit[0].perimeter * px)]
+        if wanted != first:
+            again = postprocess(prob, lb, method, level=wanted)
+            if again[0] is not None:
+                return again
+    return fit
+
+
 class HeadMeasurer:
     """Segment the foetal head, fit its ellipse and report biometry.
 
@@ -259,24 +287,8 @@ class HeadMeasurer:
     def _fit(
         self, prob: NDArray[np.float32], lb: Letterbox, px: float | None
     ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
-        """The head's ellipse at the boundary level of its HC band.
-
-        With levels by band and a pixel size, the ellipse is fitted at the second
-        band's level (the commonest heads), and fitted again at its band's level if
-        that HC falls in a band with another level. Otherwise at :attr:`level`.
-        """
-        method = self.postprocess_method
-        if not self.band_levels or px is None:
-            return postprocess(prob, lb, method, level=self.level)
-        first = self.band_levels["second"]
-        fit = postprocess(prob, lb, method, level=first)
-        if fit[0] is not None:
-            wanted = self.band_levels[band_of(fit[0].perimeter * px)]
-            if wanted != first:
-                again = postprocess(prob, lb, method, level=wanted)
-                if again[0] is not None:
-                    return again
-        return fit
+        """The head's ellipse at the boundary level of its HC band (:func:`fit_by_band`)."""
+        return fit_by_band(prob, lb, self.postprocess_method, self.band_levels, self.level, px)
 
     def _finish(
         self,
