@@ -108,7 +108,8 @@ class IntervalModel:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
-def _quantile(scores: np.ndarray, level: float) -> float:
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The split-conformal quantile: the ``ceil((n + 1) * level)``-th smallest of ``n`` scores."""
     n = len(scores)
     k = min(n, math.ceil((n + 1) * level))
     return float(np.sort(scores)[k - 1])
@@ -140,7 +141,7 @@ def fit_interval(rows: list[dict[str, Any]], level: float = 0.9) -> IntervalMode
         for bb in _GRID_BORDER:
             u = 1.0 + bf * np.maximum(0.0, np.log(rel / r0)) + bb * border
             scores = err / (hc * u)
-            q = {b: _quantile(scores[band == b], level) for b in BANDS}
+            q = {b: conformal_quantile(scores[band == b], level) for b in BANDS}
             width = float(np.mean(2 * np.array([q[b] for b in band]) * u * hc))
             candidates.append((width, IntervalModel(level, q, r0, bf, bb, len(use))))
     # The narrowest on average; on ties the first (simplest) in grid order.

@@ -1,0 +1,169 @@
+"""Would a learned difficulty scale make the HC intervals narrower? Judged fold by fold.
+
+The shipped interval (:func:`fetalhead.uncertainty.fit_interval`) scales each image's
+relative half-width by ``u = 1 + b_fit * max(0, ln(r / r0)) + b_border * border``:
+the ellipse-fit residual and whether the head is clipped. The candidate here scales
+it by ``u = exp(w . x)``, a ridge regression (penalty 1, standardised inputs) of
+``ln(|HC error| / HC + 0.002)`` on the qc flag's inputs
+(:data:`fetalhead.uncertainty.FLAG_INPUTS`: head size, fit residual, clipping, map
+confidence and the map's profile across the boundary). Both then take the
+split-conformal quantile of ``|error| / (HC * u)`` in each HC band (Mondrian), so
+both are calibrated; only the widths differ.
+
+Judged two ways:
+
+1. on the rows of ``PER_IMAGE`` (``cv_report.py``'s ``per_image.csv``), each fold
+   calibrated on the other folds (coverage and median width by trimester);
+2. with ``--transfer OTHER.csv``, the held-out rows of another training recipe (its
+   maps sharper or blurrier than the calibration folds'): calibrated on the folds of
+   ``PER_IMAGE`` that ``OTHER.csv`` does not hold, and judged on ``OTHER.csv``. This is
+   how the shipped weights are calibrated: on fold models of a shorter recipe.
+
+Usage::
+
+    python benchmarks/interval_scale.py benchmarks/results/cv5/per_image.csv \
+        --transfer benchmarks/results/recipes_fold2/shipped_recipe_per_image.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cv_report import TRIMESTERS, read_per_image_csv
+
+from fetalhead.uncertainty import BANDS, band_of, conformal_quantile, fit_interval, flag_inputs
+
+LEVELS = (0.8, 0.9, 0.95)
+#: Floor of the relative error in the regression target (0.2 % of HC).
+EPS = 2e-3
+
+Interval = Callable[[dict[str, Any]], tuple[float, float]]
+
+
+def usable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with a measured HC and every feature both scales read."""
+    return [
+        r
+        for r in rows
+        if math.isfinite(r.get("plain_hc_mm", math.nan)) and "rel_rms" in r and "blur" in r
+    ]
+
+
+def shipped(cal: list[dict[str, Any]], level: float) -> Interval:
+    """The shipped interval, calibrated on ``cal``."""
+    model = fit_interval(cal, level)
+    return lambda r: model.interval(r["plain_hc_mm"], r)
+
+
+def learned(cal: list[dict[str, Any]], level: float) -> Interval:
+    """The candidate: the scale regressed on the flag's inputs, then Mondrian conformal."""
+    x = np.array([flag_inputs(r["plain_hc_mm"], r) for r in cal])
+    hc = np.array([r["plain_hc_mm"] for r in cal])
+    err = np.abs(hc - np.array([r["hc_ref_mm"] for r in cal]))
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = np.c_[np.ones(len(x)), (x - mean) / std]
+    penalty = np.diag(np.r_[0.0, np.ones(x.shape[1])])
+    w = np.linalg.solve(z.T @ z + penalty, z.T @ np.log(err / hc + EPS))
+
+    def scale(r: dict[str, Any]) -> float:
+        return float(np.exp(((flag_inputs(r["plain_hc_mm"], r) - mean) / std) @ w[1:]))
+
+    band = np.array([band_of(h) for h in hc])
+    scores = err / (hc * np.array([scale(r) for r in cal]))
+    q = {b: conformal_quantile(scores[band == b], level) for b in BANDS}
+
+    def interval(r: dict[str, Any]) -> tuple[float, float]:
+        half = r["plain_hc_mm"] * q[band_of(r["plain_hc_mm"])] * scale(r)
+        return r["plain_hc_mm"] - half, r["plain_hc_mm"] + half
+
+    return interval
+
+
+SCALES = {"shipped (fit residual, clipping)": shipped, "learned (the flag's inputs)": learned}
+
+
+def judge(pairs: list[tuple[dict[str, Any], tuple[float, float]]]) -> dict[str, Any]:
+    """Coverage and median width, overall and by trimester."""
+    hit = np.array([lo <= r["hc_ref_mm"] <= hi for r, (lo, hi) in pairs])
+    width = np.array([hi - lo for _, (lo, hi) in pairs])
+    tri = np.array([r["trimester"] for r, _ in pairs])
+    out = {"all": {"n": len(hit), "coverage": hit.mean(), "median_width_mm": np.median(width)}}
+    for t in TRIMESTERS:
+        sel = tri == t
+        if sel.any():
+            out[t] = {
+                "n": int(sel.sum()),
+                "coverage": hit[sel].mean(),
+                "median_width_mm": np.median(width[sel]),
+            }
+    return {k: {m: int(v) if m == "n" else float(v) for m, v in d.items()} for k, d in out.items()}
+
+
+def table(title: str, results: dict[str, dict[float, dict]]) -> str:
+    head = " | ".join(f"{t} ({results[next(iter(results))][LEVELS[0]][t]['n']})"
+                      for t in (*TRIMESTERS, "all"))  # fmt: skip
+    lines = [f"### {title}", "", "coverage / median width (mm)", "",
+             f"| scale | level | {head} |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, by_level in results.items():
+        for level, res in by_level.items():
+            cells = " | ".join(
+                f"{res[t]['coverage']:.1%} / {res[t]['median_width_mm']:.1f}"
+                for t in (*TRIMESTERS, "all")
+            )
+            lines.append(f"| {name} | {level:.0%} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("per_image", type=Path)
+    ap.add_argument("--transfer", type=Path, help="another recipe's held-out rows to judge on")
+    ap.add_argument("--out", type=Path, help="write the result as JSON here")
+    args = ap.parse_args()
+    rows, _ = read_per_image_csv(args.per_image)
+    rows = usable(rows)
+    folds = sorted({r["fold"] for r in rows})
+    cross: dict[str, dict[float, dict]] = {}
+    for name, fit in SCALES.items():
+        cross[name] = {}
+        for level in LEVELS:
+            pairs = []
+            for k in folds:
+                interval = fit([r for r in rows if r["fold"] != k], level)
+                pairs += [(r, interval(r)) for r in rows if r["fold"] == k]
+            cross[name][level] = judge(pairs)
+    text = [table(f"{args.per_image}: each fold calibrated on the other folds", cross)]
+    result: dict[str, Any] = {"cross_fold": cross}
+    if args.transfer:
+        other, _ = read_per_image_csv(args.transfer)
+        other = usable(other)
+        held = {r["fold"] for r in other}
+        cal = [r for r in rows if r["fold"] not in held]
+        moved: dict[str, dict[float, dict]] = {}
+        for name, fit in SCALES.items():
+            moved[name] = {}
+            for level in LEVELS:
+                interval = fit(cal, level)
+                moved[name][level] = judge([(r, interval(r)) for r in other])
+        text.append(
+            table(
+                f"{args.transfer}: calibrated on folds {sorted({r['fold'] for r in cal})} "
+                f"of {args.per_image.name}",
+                moved,
+            )
+        )
+        result["transfer"] = moved
+    print("\n\n".join(text))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
