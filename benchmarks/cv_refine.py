@@ -42,19 +42,18 @@ def fold_rows(data: str, fold_dir: Path, level: float) -> list[dict]:
     fold = int(fold_dir.name.removeprefix("fold"))
     _, held_out = kfold_by_prefix(find_cases(data), cfg.folds, fold, cfg.effective_split_seed)
     ckpt = Checkpoint.load(fold_dir / "final.pt")
-    kw = {"backend": "torch", "tta": False, "reject_non_heads": False}
-    one = HeadMeasurer(ckpt, refine=False, **kw)
-    two = HeadMeasurer(ckpt, refine=True, **kw)
-    one.level = two.level = level
+    measurer = HeadMeasurer(ckpt, backend="torch", tta=False, reject_non_heads=False, refine=False)
+    measurer.level = level
     rows = []
     for case in held_out:
         img = read_gray(case.image)
         px = case.pixel_size_mm
-        first = one.measure_batch([img], [px], [case.image.name])[0]
-        m = two.measure_batch([img], [px], [case.image.name])[0]
+        m = measurer.measure_batch([img], [px], [case.image.name])[0]
+        first = m.ellipse
+        measurer.refine_in_place([img], [m])  # the second pass, on the first's result
         row = case_row(case, fold) | {
-            "pass1_hc_mm": first.ellipse.perimeter * px if first.ellipse else math.nan,
-            "refined": int(m.ellipse is not None and m.ellipse != first.ellipse),
+            "pass1_hc_mm": first.perimeter * px if first else math.nan,
+            "refined": int(m.ellipse is not None and m.ellipse != first),
             "plain_qc": m.qc,
         }
         if m.ellipse is None:

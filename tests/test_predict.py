@@ -514,6 +514,21 @@ def test_refine_measures_a_small_head_on_finer_pixels() -> None:
     assert (two.ellipse.cx, two.ellipse.cy) == pytest.approx((500, 300), abs=1.0)
 
 
+def test_refining_a_one_pass_result_gives_the_two_pass_one_with_one_more_pass() -> None:
+    e = Ellipse(500, 300, 40, 28, 0.4)
+    img, _ = synthetic_scan(e, (540, 800))
+    two = ring_measurer(_CountingRing(), refine=True).measure(img, 0.1)
+    backend = _CountingRing()
+    measurer = ring_measurer(backend, refine=False)
+    result = measurer.measure_batch([img], [0.1])
+    first = result[0].ellipse
+    measurer.refine_in_place([img], result)
+    # One network pass for the whole image, one for the crop: the first is not rerun.
+    assert backend.calls == 2 and backend.images == 2
+    assert result[0].ellipse == two.ellipse != first
+    assert result[0].hc_mm == two.hc_mm
+
+
 def test_refine_skips_heads_that_fill_the_image() -> None:
     e = Ellipse(400, 270, 300, 220, 0.0)
     img, _ = synthetic_scan(e, (540, 800))

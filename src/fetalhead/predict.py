@@ -248,11 +248,15 @@ class HeadMeasurer:
             )
         ]
         if self.refine:
-            self._refine(images, results)
+            self.refine_in_place(images, results)
         return results
 
-    def _refine(self, images: list[NDArray[np.uint8]], results: list[Measurement]) -> None:
+    def refine_in_place(self, images: list[NDArray[np.uint8]], results: list[Measurement]) -> None:
         """Second pass: re-measure each found head on a crop around it, in place.
+
+        ``measure_batch`` calls it when ``refine`` is on; called on the results of a
+        one-pass measurer, it gives the two-pass results without running the first
+        pass again (``benchmarks/cv_refine.py`` keeps both).
 
         The refined ellipse replaces the first one unless the second pass finds no
         head or its head runs into a side of the crop that lies inside the image
