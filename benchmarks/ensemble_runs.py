@@ -67,29 +67,38 @@ def hc_error_mm(
     return e.perimeter * case.pixel_size_mm - case.hc_mm if e is not None else math.nan
 
 
-def variant_errors(
-    runs: dict[str, Maps], case: Case, shape: tuple[int, int], level: float
-) -> dict[str, float]:
-    """DF of every variant for one image that all ``runs`` hold out."""
-    name = case.image.name
-    out = {}
-    for run, maps in runs.items():
-        plain, flipped = maps[name]
-        out[run] = hc_error_mm(plain, case, shape, level)
-        out[f"{run} + flip"] = hc_error_mm(0.5 * (plain + flipped), case, shape, level)
+def variants_of(runs: list[str]) -> dict[str, tuple[str, ...]]:
+    """Every variant measured, with the one-pass runs it is made of, in report order.
+
+    A run alone (one pass) is made of itself; ``"RUN + flip"`` (flip TTA, two passes) of
+    its run; ``"A & B"`` (the two runs' maps averaged, two passes) of both.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for run in runs:
+        out[run] = (run,)
+        out[f"{run} + flip"] = (run,)
     for a, b in itertools.combinations(runs, 2):
-        pa, pb = runs[a][name][0], runs[b][name][0]
-        if pa.shape != pb.shape:
-            pb = cv2.resize(pb, (pa.shape[1], pa.shape[0]), interpolation=cv2.INTER_LINEAR)
-        out[f"{a} & {b}"] = hc_error_mm(0.5 * (pa + pb), case, shape, level)
+        out[f"{a} & {b}"] = (a, b)
     return out
 
 
-def members(variant: str) -> tuple[str, ...]:
-    """The one-pass runs a variant is made of."""
-    if variant.endswith(" + flip"):
-        return (variant.removesuffix(" + flip"),)
-    return tuple(variant.split(" & "))
+def variant_errors(
+    runs: dict[str, Maps], case: Case, shape: tuple[int, int], level: float
+) -> dict[str, float]:
+    """DF of every variant (:func:`variants_of`) for one image that all ``runs`` hold out."""
+    name = case.image.name
+    out = {}
+    for variant, parts in variants_of(list(runs)).items():
+        if len(parts) == 2:
+            pa, pb = runs[parts[0]][name][0], runs[parts[1]][name][0]
+            if pa.shape != pb.shape:
+                pb = cv2.resize(pb, (pa.shape[1], pa.shape[0]), interpolation=cv2.INTER_LINEAR)
+            prob = 0.5 * (pa + pb)
+        else:
+            plain, flipped = runs[parts[0]][name]
+            prob = plain if variant == parts[0] else 0.5 * (plain + flipped)
+        out[variant] = hc_error_mm(prob, case, shape, level)
+    return out
 
 
 def summarise(rows: list[dict], runs: list[str]) -> dict:
@@ -98,7 +107,8 @@ def summarise(rows: list[dict], runs: list[str]) -> dict:
     Every figure is over the same images: those where every variant found a head. How
     many images each variant found no head on is reported beside them.
     """
-    variants = list(rows[0]["df"])
+    made_of = variants_of(runs)
+    variants = list(made_of)
     no_head = {v: sum(not math.isfinite(r["df"][v]) for r in rows) for v in variants}
     rows = [r for r in rows if all(math.isfinite(r["df"][v]) for v in variants)]
     g = np.array([r["prefix"] for r in rows])
@@ -118,7 +128,7 @@ def summarise(rows: list[dict], runs: list[str]) -> dict:
             },
         }
         if v not in runs:
-            parts = members(v)
+            parts = made_of[v]
             mean_of = np.mean([adf[m] for m in parts], axis=0)
             better = min(parts, key=lambda m: float(adf[m].mean()))
             res["minus_members_mean_mm"] = cluster_bootstrap(adf[v] - mean_of, g)

@@ -61,4 +61,6 @@ def test_two_pass_variants_are_paired_with_their_members() -> None:
     assert both["minus_members_mean_mm"][0] == pytest.approx(1.0 - 3.0)
     assert both["minus_better_member_mm"][0] == pytest.approx(1.0 - 2.0)
     assert report["a + flip"]["minus_better_member_mm"][0] == pytest.approx(1.0)
-    assert module.members("a & b") == ("a", "b") and module.members("b + flip") == ("b",)
+    made_of = module.variants_of(["a", "b"])
+    assert made_of == {"a": ("a",), "a + flip": ("a",), "b": ("b",), "b + flip": ("b",),
+                       "a & b": ("a", "b")}  # fmt: skip
