@@ -1,0 +1,60 @@
+"""Ultrasound that shows no head: how often does the shipped pipeline still report a number?
+
+Runs the shipped weights with their defaults (as ``fetalhead predict``) on held-out seeds
+of the corpus kinds that the non-head envelope was not fitted on
+(``tests/nonhead_corpus.py``'s ``HELD_OUT_KINDS``: synthetic B-mode scans without a
+head), and, for comparison, on pydicom's ultrasound frames (``ultrasound``: the empty
+obstetric view and the cardiac cine, part of the fitted corpus). For each kind it counts
+the images where the network found no region, where the envelope rejected the region
+(both ``no_head_found``, no numbers), and where numbers were reported, with or without
+the ``uncertain_hc`` flag.
+
+Usage::
+
+    python benchmarks/nonhead_scans.py --seeds 2000 2040
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+
+from nonhead_corpus import HELD_OUT_KINDS, make  # noqa: E402
+
+from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer  # noqa: E402
+
+OUTCOMES = ("no region", "rejected", "numbers, uncertain_hc", "numbers, no flag")
+
+
+def outcome(m: HeadMeasurer, kind: str, seed: int) -> str:
+    """What the shipped pipeline made of one corpus image."""
+    r = m.measure(make(kind, seed), 0.15, filename=f"{kind}-{seed}")
+    if r.hc_mm is not None:
+        return "numbers, uncertain_hc" if "uncertain_hc" in r.qc else "numbers, no flag"
+    return "no region" if r.head_score is None else "rejected"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", nargs=2, type=int, default=(2000, 2040), metavar=("FROM", "TO"))
+    args = ap.parse_args()
+    m = HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS)
+    seeds = range(*args.seeds)
+    print(
+        f"# nonhead_scans: seeds {seeds.start}-{seeds.stop - 1}, shipped weights and "
+        f"defaults ({m.backend.name}, TTA {'on' if m.tta else 'off'})\n"
+    )
+    print(f"| kind | images | {' | '.join(OUTCOMES)} |")
+    print(f"|---|---|{'---|' * len(OUTCOMES)}")
+    for kind in (*HELD_OUT_KINDS, "ultrasound"):
+        counts = Counter(outcome(m, kind, s) for s in seeds)
+        cells = " | ".join(str(counts[o]) for o in OUTCOMES)
+        print(f"| {kind} | {len(seeds)} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
