@@ -23,9 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
-from nonhead_corpus import HELD_OUT_KINDS, make  # noqa: E402
-
-from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer  # noqa: E402
+from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
+from nonhead_corpus import HELD_OUT_KINDS, make
 
 OUTCOMES = ("no region", "rejected", "numbers, uncertain_hc", "numbers, no flag")
 

@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+
 from conftest import load_benchmark
 
 #: An HC in each band: Hadlock GA 13.4, 22.2 and 34.4 weeks.
