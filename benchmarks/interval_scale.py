@@ -75,7 +75,7 @@ def learned(cal: list[dict[str, Any]], level: float) -> Interval:
         return float(np.exp(((flag_inputs(r["plain_hc_mm"], r) - mean) / std) @ w[1:]))
 
     band = np.array([band_of(h) for h in hc])
-    scores = err / (hc * np.array([scale(r) for r in cal]))
+    scores = err / (hc * np.exp(((x - mean) / std) @ w[1:]))
     q = {b: conformal_quantile(scores[band == b], level) for b in BANDS}
 
     def interval(r: dict[str, Any]) -> tuple[float, float]:
@@ -93,16 +93,13 @@ def judge(pairs: list[tuple[dict[str, Any], tuple[float, float]]]) -> dict[str, 
     hit = np.array([lo <= r["hc_ref_mm"] <= hi for r, (lo, hi) in pairs])
     width = np.array([hi - lo for _, (lo, hi) in pairs])
     tri = np.array([r["trimester"] for r, _ in pairs])
-    out = {"all": {"n": len(hit), "coverage": hit.mean(), "median_width_mm": np.median(width)}}
-    for t in TRIMESTERS:
-        sel = tri == t
-        if sel.any():
-            out[t] = {
-                "n": int(sel.sum()),
-                "coverage": hit[sel].mean(),
-                "median_width_mm": np.median(width[sel]),
-            }
-    return {k: {m: int(v) if m == "n" else float(v) for m, v in d.items()} for k, d in out.items()}
+
+    def summary(sel: np.ndarray) -> dict[str, Any]:
+        n, coverage, width_mm = int(sel.sum()), hit[sel].mean(), np.median(width[sel])
+        return {"n": n, "coverage": float(coverage), "median_width_mm": float(width_mm)}
+
+    by_trimester = {t: summary(tri == t) for t in TRIMESTERS if (tri == t).any()}
+    return {"all": summary(np.ones(len(hit), bool))} | by_trimester
 
 
 def table(title: str, results: dict[str, dict[float, dict]]) -> str:
