@@ -103,14 +103,15 @@ def judge(pairs: list[tuple[dict[str, Any], tuple[float, float]]]) -> dict[str, 
 
 
 def table(title: str, results: dict[str, dict[float, dict]]) -> str:
-    head = " | ".join(f"{t} ({results[next(iter(results))][LEVELS[0]][t]['n']})"
+    first = results[next(iter(results))][LEVELS[0]]
+    head = " | ".join(f"{t} ({first[t]['n'] if t in first else 0})"
                       for t in (*TRIMESTERS, "all"))  # fmt: skip
     lines = [f"### {title}", "", "coverage / median width (mm)", "",
              f"| scale | level | {head} |", "|---|---|---|---|---|---|"]  # fmt: skip
     for name, by_level in results.items():
         for level, res in by_level.items():
             cells = " | ".join(
-                f"{res[t]['coverage']:.1%} / {res[t]['median_width_mm']:.1f}"
+                f"{res[t]['coverage']:.1%} / {res[t]['median_width_mm']:.1f}" if t in res else "-"
                 for t in (*TRIMESTERS, "all")
             )
             lines.append(f"| {name} | {level:.0%} | {cells} |")

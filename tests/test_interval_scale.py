@@ -54,3 +54,12 @@ def test_a_scale_that_reads_the_blur_narrows_the_sharp_heads(tmp_path) -> None:
     # and the narrowest blurry head, 8 mm) drops below 8 mm, still covering them all.
     assert learned["n"] == 300 and learned["coverage"] == 1.0
     assert 6.0 < learned["median_width_mm"] < 8.0
+
+
+def test_the_table_marks_a_trimester_that_has_no_images() -> None:
+    module = load_benchmark("interval_scale")
+    res = {"all": {"n": 3, "coverage": 2 / 3, "median_width_mm": 10.0}}
+    res |= {"second": {"n": 3, "coverage": 2 / 3, "median_width_mm": 10.0}}
+    text = module.table("t", {"shipped": dict.fromkeys(module.LEVELS, res)})
+    assert "| scale | level | first (0) | second (3) | third (0) | all (3) |" in text
+    assert "| shipped | 90% | - | 66.7% / 10.0 | - | 66.7% / 10.0 |" in text
