@@ -18,6 +18,11 @@ Usage::
 
     python benchmarks/flag_inputs.py benchmarks/results/cv5/per_image.csv \
         --pixel-sizes ../shared/data/hc18/training_set_pixel_size_and_HC.csv
+    python benchmarks/flag_inputs.py benchmarks/results/cv5/per_image.csv \
+        --transfer benchmarks/results/recipes_fold2/shipped_recipe_per_image.csv
+
+With ``--transfer``, the flag is also fitted on the 8-epoch rows of the other folds and
+judged on another recipe's held-out rows (the shipped recipe's, whose maps are sharper).
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ from level_by_band import df_at
 from fetalhead.uncertainty import LARGE_ERROR_MM, band_of, flag_inputs, ridge_logistic
 
 SHARES = (0.05, 0.10, 0.15, 0.20)
+TABLE_HEAD = (
+    "| inputs | "
+    + " | ".join(f"cut at {s:.0%}: flagged / caught" for s in SHARES)
+    + " |\n|---|"
+    + "---|" * len(SHARES)
+)
 
 
 def banded_rows(rows: list[dict], picks: dict[int, dict[str, float]]) -> list[dict]:
@@ -88,6 +99,34 @@ def judge(rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
     return out
 
 
+def transfer(rows: list[dict], other: list[dict], extra: tuple[str, ...]) -> list[dict]:
+    """The flag fitted on ``rows``, judged on another recipe's held-out ``other``.
+
+    Only the folds of ``rows`` that ``other`` does not hold out are fitted on, so that no
+    image is both fitted on and judged. The cut is set on ``other``'s own scores (the
+    most doubtful share of them), as the shipped threshold is set on the shipped model's
+    scores of unlabelled images; the large-error labels of ``other`` are read only to
+    count what was caught.
+    """
+    judged = {r["fold"] for r in other}
+    rows = [r for r in rows if r["fold"] not in judged]
+    x = np.array([[*flag_inputs(r["hc_mm"], r), *(candidate(r, e) for e in extra)] for r in rows])
+    y = np.array([abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows])
+    xo = np.array([[*flag_inputs(r["hc_mm"], r), *(candidate(r, e) for e in extra)] for r in other])
+    yo = np.array([abs(r["df_mm"]) > LARGE_ERROR_MM for r in other])
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+    beta = ridge_logistic((x - mean) / std, y.astype(float), l2=1.0)
+    score = beta[0] + ((xo - mean) / std) @ beta[1:]
+    hc, hco = np.array([r["hc_mm"] for r in rows]), np.array([r["hc_mm"] for r in other])
+    outside = (hco < hc.min()) | (hco > hc.max())
+    out = []
+    for share in SHARES:
+        flagged = (score > np.quantile(score, 1.0 - share)) | outside
+        caught = float((flagged & yo).sum() / yo.sum()) if yo.any() else math.nan
+        out.append({"share": share, "flagged": float(flagged.mean()), "caught": caught})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("per_image", type=Path)
@@ -98,6 +137,12 @@ def main() -> None:
         help="level_by_band.py's report (its per-fold picks)",
     )
     ap.add_argument("--pixel-sizes", type=Path, help="HC18 CSV of pixel sizes, to judge them")
+    ap.add_argument(
+        "--transfer",
+        type=Path,
+        help="another recipe's held-out rows (per_image.csv) to judge the flag on, fitted on"
+        " PER_IMAGE's other folds",
+    )
     ap.add_argument("--out", type=Path, help="write the result as JSON here")
     args = ap.parse_args()
     picks = {int(k): v for k, v in json.loads(args.levels.read_text())["picks_by_fold"].items()}
@@ -118,8 +163,7 @@ def main() -> None:
         f"{LARGE_ERROR_MM:g} mm at the banded levels ({counts})"
     )
     print()
-    print("| inputs | " + " | ".join(f"cut at {s:.0%}: flagged / caught" for s in SHARES) + " |")
-    print("|---|" + "---|" * len(SHARES))
+    print(TABLE_HEAD)
     report = {"n": len(rows), "large_errors": int(sum(large)), "candidates": {}}
     for extra in candidates:
         name = "shipped" + "".join(f" + {e}" for e in extra)
@@ -127,6 +171,24 @@ def main() -> None:
         report["candidates"][name] = curve
         cells = " | ".join(f"{c['flagged']:.1%} / {c['caught']:.1%}" for c in curve)
         print(f"| {name} | {cells} |")
+    if args.transfer:
+        other = banded_rows(read_per_image_csv(args.transfer)[0], picks)
+        n_large = sum(abs(r["df_mm"]) > LARGE_ERROR_MM for r in other)
+        print()
+        print(
+            f"# fitted on the other folds of PER_IMAGE, judged on {args.transfer} "
+            f"({len(other)} images, {n_large} with |HC error| > {LARGE_ERROR_MM:g} mm), "
+            "cut on their own scores"
+        )
+        print()
+        print(TABLE_HEAD)
+        report["transfer"] = {"rows": str(args.transfer), "n": len(other), "large_errors": n_large}
+        for extra in [(), ("flip",)]:
+            name = "shipped" + "".join(f" + {e}" for e in extra)
+            curve = transfer(rows, other, extra)
+            report["transfer"][name] = curve
+            cells = " | ".join(f"{c['flagged']:.1%} / {c['caught']:.1%}" for c in curve)
+            print(f"| {name} | {cells} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

@@ -30,17 +30,25 @@ def rows() -> list[dict]:
     return out
 
 
-def test_an_input_that_tells_the_large_errors_apart_catches_them(tmp_path) -> None:
-    module = load()
-    path = tmp_path / "per_image.csv"
-    data = rows()
+def write_rows(path, data: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(data[0]))
         w.writeheader()
         w.writerows(data)
+
+
+def write_levels(tmp_path):
     levels = tmp_path / "levels.json"
     pick = {"first": 0.55, "second": 0.55, "third": 0.65}
     levels.write_text(json.dumps({"picks_by_fold": {str(k): pick for k in range(5)}}))
+    return levels
+
+
+def test_an_input_that_tells_the_large_errors_apart_catches_them(tmp_path) -> None:
+    module = load()
+    path = tmp_path / "per_image.csv"
+    write_rows(path, rows())
+    levels = write_levels(tmp_path)
     out = tmp_path / "r.json"
     sys.argv = ["flag_inputs.py", str(path), "--levels", str(levels), "--out", str(out)]
     module.main()
@@ -51,3 +59,33 @@ def test_an_input_that_tells_the_large_errors_apart_catches_them(tmp_path) -> No
     assert at_10["shipped"] == {"share": 0.1, "flagged": 0.0, "caught": 0.0}
     # With the flip disagreement, the 10 % flagged are the 20 large errors.
     assert at_10["shipped + flip"] == {"share": 0.1, "flagged": 0.1, "caught": 1.0}
+
+
+def test_a_flag_fitted_on_other_folds_is_judged_on_another_recipe(tmp_path) -> None:
+    module = load()
+    path, other = tmp_path / "per_image.csv", tmp_path / "other.csv"
+    write_rows(path, rows())
+    # Another recipe on fold 2: its 40 heads are 30 mm away from their flipped map (the
+    # 3 large errors) or 2 mm (the rest), both farther than in the fitted rows.
+    second = []
+    for r in rows()[80:120]:
+        large = r["hc_ref_mm"] < 195.0 and r["filename"] != "203_HC.png"
+        err = 8.0 if large else 1.0
+        second.append(
+            r
+            | {"hc_ref_mm": 200.0 - err, "hc_flip_mm": 230.0 if large else 202.0}
+            | {f"level{lv:g}_df_mm": err for lv in (0.55, 0.6, 0.65, 0.7)}
+        )
+    write_rows(other, second)
+    out = tmp_path / "r.json"
+    sys.argv = ["flag_inputs.py", str(path), "--levels", str(write_levels(tmp_path))]
+    sys.argv += ["--transfer", str(other), "--out", str(out)]
+    module.main()
+    report = json.loads(out.read_text())["transfer"]
+    assert report["n"] == 40 and report["large_errors"] == 3
+    # The cut is the 90th percentile of the other recipe's own scores, which falls among
+    # the 37 tied scores of the small errors: only the 3 scores above it are flagged,
+    # and they are the 3 large errors.
+    assert report["shipped + flip"][1] == {"share": 0.1, "flagged": 3 / 40, "caught": 1.0}
+    # Without the flip input every head scores alike: nothing is above the cut.
+    assert report["shipped"][1] == {"share": 0.1, "flagged": 0.0, "caught": 0.0}
