@@ -72,10 +72,20 @@ def candidate(row: dict, name: str) -> float:
     return math.log(value + 1e-3)
 
 
+def design(rows: list[dict], extra: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The flag's inputs (shipped, then ``extra``) and "a large error", one row an image."""
+    x = np.array([[*flag_inputs(r["hc_mm"], r), *(candidate(r, e) for e in extra)] for r in rows])
+    return x, np.array([abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows])
+
+
+def curve_row(name: str, curve: list[dict]) -> str:
+    cells = " | ".join(f"{c['flagged']:.1%} / {c['caught']:.1%}" for c in curve)
+    return f"| {name} | {cells} |"
+
+
 def judge(rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
     """Flagged share and large errors caught, per share, each fold flagged by the others."""
-    x = np.array([[*flag_inputs(r["hc_mm"], r), *(candidate(r, e) for e in extra)] for r in rows])
-    y = np.array([abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows])
+    x, y = design(rows, extra)
     fold = np.array([r["fold"] for r in rows])
     hc = np.array([r["hc_mm"] for r in rows])
     out = []
@@ -110,10 +120,7 @@ def transfer(rows: list[dict], other: list[dict], extra: tuple[str, ...]) -> lis
     """
     judged = {r["fold"] for r in other}
     rows = [r for r in rows if r["fold"] not in judged]
-    x = np.array([[*flag_inputs(r["hc_mm"], r), *(candidate(r, e) for e in extra)] for r in rows])
-    y = np.array([abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows])
-    xo = np.array([[*flag_inputs(r["hc_mm"], r), *(candidate(r, e) for e in extra)] for r in other])
-    yo = np.array([abs(r["df_mm"]) > LARGE_ERROR_MM for r in other])
+    (x, y), (xo, yo) = design(rows, extra), design(other, extra)
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
     beta = ridge_logistic((x - mean) / std, y.astype(float), l2=1.0)
     score = beta[0] + ((xo - mean) / std) @ beta[1:]
@@ -167,10 +174,8 @@ def main() -> None:
     report = {"n": len(rows), "large_errors": int(sum(large)), "candidates": {}}
     for extra in candidates:
         name = "shipped" + "".join(f" + {e}" for e in extra)
-        curve = judge(rows, extra)
-        report["candidates"][name] = curve
-        cells = " | ".join(f"{c['flagged']:.1%} / {c['caught']:.1%}" for c in curve)
-        print(f"| {name} | {cells} |")
+        report["candidates"][name] = curve = judge(rows, extra)
+        print(curve_row(name, curve))
     if args.transfer:
         other = banded_rows(read_per_image_csv(args.transfer)[0], picks)
         n_large = sum(abs(r["df_mm"]) > LARGE_ERROR_MM for r in other)
@@ -185,10 +190,8 @@ def main() -> None:
         report["transfer"] = {"rows": str(args.transfer), "n": len(other), "large_errors": n_large}
         for extra in [(), ("flip",)]:
             name = "shipped" + "".join(f" + {e}" for e in extra)
-            curve = transfer(rows, other, extra)
-            report["transfer"][name] = curve
-            cells = " | ".join(f"{c['flagged']:.1%} / {c['caught']:.1%}" for c in curve)
-            print(f"| {name} | {cells} |")
+            report["transfer"][name] = curve = transfer(rows, other, extra)
+            print(curve_row(name, curve))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
