@@ -97,6 +97,20 @@ def test_boundary_loss_values() -> None:
         TrainConfig(loss="focal")  # type: ignore[arg-type]
 
 
+def test_bce_loss_has_no_dice_term() -> None:
+    t = torch.zeros(1, 1, 20, 20)
+    t[..., 5:15, 5:15] = 1.0
+    # p = 0.5 everywhere: ln 2 per pixel, where dice_bce adds 1 - 101 / 301 of Dice.
+    assert float(compute_loss(torch.zeros_like(t), t, "bce")) == pytest.approx(0.6931472)
+    assert float(compute_loss(torch.zeros_like(t), t, "dice_bce")) == pytest.approx(
+        1 - 101 / 301 + 0.6931472, abs=1e-5
+    )
+    # One of the 400 pixels wrong at logit 12: ln(1 + e^12) / 400 = 12.0000061 / 400.
+    x = torch.where(t > 0.5, 30.0, -30.0)
+    x[0, 0, 0, 0] = 12.0
+    assert float(compute_loss(x, t, "bce")) == pytest.approx(12.0000061 / 400, rel=1e-5)
+
+
 def test_train_writes_logs_checkpoints_and_curves(synth, tmp_path) -> None:
     result = train(tiny_config(synth, tmp_path / "run"))
     run = tmp_path / "run"

@@ -33,8 +33,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=int, help="with --folds: the fold (0-based) to validate on")
     p.add_argument(
         "--loss",
-        choices=["dice", "dice_bce", "dice_bce_boundary"],
-        help="dice_bce_boundary: cross-entropy weighted 5x within 3 pixels of the outline",
+        choices=["dice", "dice_bce", "dice_bce_boundary", "bce"],
+        help="dice_bce_boundary: cross-entropy weighted 5x within 3 pixels of the outline; "
+        "bce: cross-entropy alone",
     )
     p.add_argument(
         "--precision",

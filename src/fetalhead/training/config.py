@@ -12,7 +12,7 @@ import torch
 from fetalhead.infer.hardware import native_bf16
 from fetalhead.model import ModelConfig
 
-LossName = Literal["dice", "dice_bce", "dice_bce_boundary"]
+LossName = Literal["dice", "dice_bce", "dice_bce_boundary", "bce"]
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -36,10 +36,12 @@ class TrainConfig:
         keep_aspect: Letterbox (True) or squash (False) images into the input.
         start_filters: Filters at the first U-Net level.
         dropout: Dropout ratio of the U-Net.
-        loss: ``dice`` (smooth = 1), ``dice_bce``, or ``dice_bce_boundary``: Dice plus
+        loss: ``dice`` (smooth = 1), ``dice_bce``, ``dice_bce_boundary`` (Dice plus
             a cross-entropy that weighs the band of +-3 network pixels around the
-            reference outline 5 times as much as the rest (see
-            :func:`fetalhead.training.losses.boundary_weights`).
+            reference outline 5 times as much as the rest; see
+            :func:`fetalhead.training.losses.boundary_weights`), or ``bce``: the
+            cross-entropy alone, whose optimum is the calibrated probability, with no
+            soft-Dice term to shift an uncertain boundary.
         val_fraction: Fraction of scan prefixes held out for validation (ignored
             when ``folds`` is set).
         folds: Cross-validation by scan prefix: number of folds (``None``: one

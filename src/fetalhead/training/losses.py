@@ -57,6 +57,8 @@ def boundary_weights(
 
 def compute_loss(logits: torch.Tensor, target: torch.Tensor, kind: LossName) -> torch.Tensor:
     """The training loss ``kind`` of logits against target coverage, (N, 1, H, W) each."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, target)
     loss = dice_loss(logits, target)
     if kind == "dice_bce":
         loss = loss + F.binary_cross_entropy_with_logits(logits, target)
