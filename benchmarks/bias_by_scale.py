@@ -70,12 +70,15 @@ def main() -> None:
     ap.add_argument("per_image", type=Path)
     ap.add_argument("--pixel-sizes", required=True, type=Path, help="HC18 CSV of pixel sizes")
     ap.add_argument("--column", default="plain_df_mm", help="the DF column to judge")
+    ap.add_argument("--folds", type=int, nargs="+", help="only the rows of these folds")
     ap.add_argument("--fit-from", type=float, default=125.0, help="reference HC (mm) to fit from")
     ap.add_argument("--out", type=Path, help="write the result as JSON here")
     args = ap.parse_args()
     with open(args.pixel_sizes, newline="") as fh:
         px_of = {r["filename"]: float(r["pixel size(mm)"]) for r in csv.DictReader(fh)}
     rows = [r for r in read_per_image_csv(args.per_image)[0] if np.isfinite(r[args.column])]
+    if args.folds:
+        rows = [r for r in rows if r["fold"] in args.folds]
     ref = np.array([r["hc_ref_mm"] for r in rows])
     df = np.array([r[args.column] for r in rows])
     px = np.array([px_of[r["filename"]] for r in rows])
