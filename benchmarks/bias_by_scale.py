@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from cv_report import cluster_bootstrap, fmt, read_per_image_csv
+from cv_report import cluster_bootstrap, cluster_resamples, fmt, read_per_image_csv
 
 #: Reference-HC bands (mm): the first trimester, the second in two, the third in three.
 BANDS_MM = ((0.0, 125.0), (125.0, 175.0), (175.0, 225.0), (225.0, 260.0), (260.0, 290.0),
@@ -42,8 +42,8 @@ def fit_scale_terms(
 ) -> dict[str, tuple[float, float, float]]:  # fmt: skip
     """Slopes of ``rel_pct`` on centred ln(HC px) and ln(pixel size), with 95 % intervals.
 
-    The intervals resample ``groups`` (scan prefixes) with replacement, as
-    :func:`cv_report.cluster_bootstrap` does.
+    The intervals resample ``groups`` (scan prefixes) with replacement
+    (:func:`cv_report.cluster_resamples`, as :func:`cv_report.cluster_bootstrap` does).
     """
     x = np.column_stack([np.ones_like(rel_pct), ln_hc_px - ln_hc_px.mean(), ln_px - ln_px.mean()])
 
@@ -51,15 +51,7 @@ def fit_scale_terms(
         return np.linalg.lstsq(x[idx], rel_pct[idx], rcond=None)[0][1:]
 
     point = slopes(np.arange(len(rel_pct)))
-    uniq = np.unique(groups)
-    index = {g: np.flatnonzero(groups == g) for g in uniq}
-    rng = np.random.default_rng(seed)
-    draws = np.array(
-        [
-            slopes(np.concatenate([index[g] for g in rng.choice(uniq, len(uniq), replace=True)]))
-            for _ in range(n)
-        ]
-    )
+    draws = np.array([slopes(idx) for idx in cluster_resamples(groups, n, seed)])
     lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
     names = ("ln_hc_px", "ln_pixel_size")
     return {k: (float(point[i]), float(lo[i]), float(hi[i])) for i, k in enumerate(names)}

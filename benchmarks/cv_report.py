@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,17 +166,21 @@ def read_per_image_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, [f"fold{k}" for k in sorted({r["fold"] for r in rows})]
 
 
+def cluster_resamples(groups: np.ndarray, n: int = 2000, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n`` bootstrap index arrays, each drawing whole groups (scan prefixes) with replacement."""
+    uniq = np.unique(groups)
+    index = {g: np.flatnonzero(groups == g) for g in uniq}
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        pick = rng.choice(uniq, size=len(uniq), replace=True)
+        yield np.concatenate([index[g] for g in pick])
+
+
 def cluster_bootstrap(values: np.ndarray, groups: np.ndarray, n: int = 2000, seed: int = 0):
     """Mean and 95 % interval, resampling groups (scan prefixes) with replacement."""
     ok = np.isfinite(values)
     values, groups = values[ok], groups[ok]
-    uniq = np.unique(groups)
-    index = {g: np.flatnonzero(groups == g) for g in uniq}
-    rng = np.random.default_rng(seed)
-    means = []
-    for _ in range(n):
-        pick = rng.choice(uniq, size=len(uniq), replace=True)
-        means.append(values[np.concatenate([index[g] for g in pick])].mean())
+    means = [values[idx].mean() for idx in cluster_resamples(groups, n, seed)]
     lo, hi = np.percentile(means, [2.5, 97.5])
     return float(values.mean()), float(lo), float(hi)
 
