@@ -32,13 +32,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fetalhead.data import find_cases, kfold_by_prefix
+from fetalhead.data import Case, find_cases, kfold_by_prefix
+from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.infer.backends import preprocess
 from fetalhead.model import Checkpoint
 from fetalhead.readers import read_gray
 from fetalhead.training import TrainConfig, train
 
 logger = logging.getLogger("cross_validate")
+
+
+def mm_per_network_pixel(case: Case, lb: Letterbox) -> float:
+    """mm per network pixel of a case letterboxed by ``lb``."""
+    if case.pixel_size_mm is None:
+        raise ValueError(f"{case.image}: no pixel size, which this network needs")
+    sx, sy = lb.scale
+    return case.pixel_size_mm / float(np.sqrt(sx * sy))
 
 
 def heldout_maps(ckpt_path: Path, data: str, folds: int, fold: int, seed: int, out: Path) -> None:
@@ -50,10 +59,13 @@ def heldout_maps(ckpt_path: Path, data: str, folds: int, fold: int, seed: int, o
     with torch.inference_mode():
         for i in range(0, len(val), 8):
             chunk = val[i : i + 8]
-            x = np.stack([preprocess(read_gray(c.image), ckpt.config)[0] for c in chunk])
-            t = torch.from_numpy(x)[:, None]
-            p = torch.sigmoid(model(t))[:, 0]
-            pf = torch.sigmoid(model(t.flip(-1)))[:, 0].flip(-1)
+            pre = [preprocess(read_gray(c.image), ckpt.config) for c in chunk]
+            t = torch.from_numpy(np.stack([x for x, _ in pre]))[:, None]
+            mm = None
+            if ckpt.config.scale_input:
+                mm = torch.tensor([mm_per_network_pixel(c, lb) for c, (_, lb) in zip(chunk, pre)])
+            p = torch.sigmoid(model(t, mm))[:, 0]
+            pf = torch.sigmoid(model(t.flip(-1), mm))[:, 0].flip(-1)
             names += [c.image.name for c in chunk]
             plain.append(p.numpy().astype(np.float16))
             flipped.append(pf.numpy().astype(np.float16))

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,55 @@ def test_shipped_weights_describe_themselves() -> None:
     # The shipped two-stage recipe, cross-validated on folds 0-1 (361 held-out images).
     assert recipes["shipped_recipe"]["folds"] == [0, 1] and recipes["shipped_recipe"]["n"] == 361
     assert {"reference", "float32", "deep_supervision", "boundary"} <= set(recipes)
+
+
+def test_scale_code_is_the_log_ratio_to_0_38_mm() -> None:
+    from fetalhead.model import scale_code
+
+    code = scale_code(torch.tensor([0.38, 0.76, 0.19]))
+    assert code.shape == (3, 1)
+    assert torch.allclose(code[:, 0], torch.tensor([0.0, 0.693147, -0.693147]), atol=1e-6)
+    with pytest.raises(ValueError, match="positive and finite"):
+        scale_code(torch.tensor([0.3, float("nan")]))
+    with pytest.raises(ValueError, match="positive and finite"):
+        scale_code(torch.tensor([-0.1]))
+
+
+def test_scale_input_starts_as_the_plain_network_and_then_reads_the_pixel_size() -> None:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, scale_input=True)
+    model = ResUNet(cfg).eval()
+    plain = ResUNet(TINY).eval()
+    loaded = plain.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("scale_offsets.")}
+    )
+    assert not loaded.missing_keys and len(model.scale_offsets) == 5  # 4 levels + bridge
+    x = torch.rand(2, 1, *TINY.input_hw)
+    mm = torch.tensor([0.2, 0.6])
+    with torch.inference_mode():
+        # The offsets start at zero: the same function as the plain network.
+        assert torch.equal(model(x, mm), plain(x))
+        assert torch.equal(model.forward_bf16(x, mm), plain.forward_bf16(x))
+    with torch.no_grad():
+        for offset in model.scale_offsets:
+            offset.weight.fill_(1.0)
+    with torch.inference_mode():
+        a = model(x[:1].repeat(2, 1, 1, 1), mm)
+        assert not torch.allclose(a[0], a[1])  # one image, two pixel sizes
+        assert torch.equal(model(x, torch.full((2,), 0.38)), plain(x))  # code 0: no offset
+    with pytest.raises(ValueError, match="pass mm_per_pixel"):
+        model(x)
+    with pytest.raises(ValueError, match="2 images but 1 pixel sizes"):
+        model(x, torch.tensor([0.3]))
+
+
+def test_scale_input_checkpoint_round_trip(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, scale_input=True)
+    model = ResUNet(cfg).eval()
+    with torch.no_grad():
+        model.scale_offsets[0].bias.fill_(0.5)
+    Checkpoint.from_model(model).save(tmp_path / "s.pt")
+    ck = Checkpoint.load(tmp_path / "s.pt")
+    x, mm = torch.rand(1, 1, *TINY.input_hw), torch.tensor([0.3])
+    with torch.inference_mode():
+        assert ck.config.scale_input and torch.equal(ck.build()(x, mm), model(x, mm))

@@ -460,3 +460,47 @@ def test_weight_average_is_saved_beside_the_last_weights_and_resumes_exactly(
     train(cfg(tmp_path / "stopped"), resume=True)
     again = Checkpoint.load(tmp_path / "stopped" / "final_ema.pt")
     assert all(torch.equal(again.state_dict[k], avg.state_dict[k]) for k in avg.state_dict)
+
+
+def test_zoom_of_reads_the_area_scale_of_the_affine_step() -> None:
+    import albumentations as A
+
+    from fetalhead.training.samples import zoom_of
+
+    image, mask = np.zeros((64, 96), np.uint8), np.zeros((64, 96), np.float32)
+    zoom = A.Compose([A.Affine(scale=1.25, rotate=30, p=1.0)], save_applied_params=True)
+    assert zoom_of(zoom(image=image, mask=mask)["applied_transforms"]) == pytest.approx(1.25)
+    # Anisotropic: the geometric mean of the two axes' zooms.
+    aniso = A.Compose([A.Affine(scale={"x": 2.0, "y": 0.5}, p=1.0)], save_applied_params=True)
+    assert zoom_of(aniso(image=image, mask=mask)["applied_transforms"]) == pytest.approx(1.0)
+    flip = A.Compose([A.HorizontalFlip(p=1.0)], save_applied_params=True)
+    assert zoom_of(flip(image=image, mask=mask)["applied_transforms"]) == 1.0
+
+
+def test_samples_carry_mm_per_network_pixel_divided_by_the_zoom(synth) -> None:
+    import albumentations as A
+
+    from fetalhead.data import CachedCases, find_cases
+    from fetalhead.training.samples import HeadDataset
+
+    cache = CachedCases(find_cases(synth)[:2], (64, 96))
+    # 135x200 images at 0.2 mm letterboxed into 64x96: 95x64 pixels inside the canvas.
+    expected = 0.2 / np.sqrt((95 / 200) * (64 / 135))
+    assert cache.mm_per_pixel[0] == pytest.approx(expected) == pytest.approx(0.42146, abs=1e-5)
+    x, mm, y = HeadDataset(cache, None)[0]
+    assert x.shape == y.shape == (1, 64, 96) and float(mm) == pytest.approx(expected)
+    zoom = A.Compose([A.Affine(scale=2.0, p=1.0)], save_applied_params=True)
+    assert float(HeadDataset(cache, zoom)[0][1]) == pytest.approx(expected / 2)
+
+
+def test_scale_input_trains_and_its_checkpoint_needs_the_pixel_size(synth, tmp_path) -> None:
+    cfg = dataclasses.replace(tiny_config(synth, tmp_path / "s", epochs=1), scale_input=True)
+    train(cfg)
+    ck = Checkpoint.load(tmp_path / "s" / "final.pt")
+    assert ck.config.scale_input and ck.meta["recipe"]["scale_input"] is True
+    offsets = [v for k, v in ck.state_dict.items() if k.startswith("scale_offsets.")]
+    assert len(offsets) == 10 and any(float(v.abs().max()) > 0 for v in offsets)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        TrainConfig(scale_input=True, crop_fraction=0.5)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(scale_input=True, ema_decay=0.99)

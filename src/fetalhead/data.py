@@ -245,11 +245,16 @@ class CachedCases:
         self.targets: list[NDArray[np.float32]] = []
         #: Original ``(height, width)`` of each case.
         self.shapes: list[tuple[int, int]] = []
+        #: mm per network pixel of each case (NaN without a pixel size).
+        self.mm_per_pixel: list[float] = []
         #: Original images and reference ellipses (only with ``keep_originals``, for crops).
         self.originals: list[tuple[NDArray[np.uint8], Ellipse]] = []
         for case in cases:
             img = read_gray(case.image)
             self.shapes.append((img.shape[0], img.shape[1]))
+            sx, sy = Letterbox(img.shape[0], img.shape[1], *size_hw, keep_aspect).scale
+            px = case.pixel_size_mm
+            self.mm_per_pixel.append(px / np.sqrt(sx * sy) if px else float("nan"))
             ref = label_ellipse(case)
             image, target = letterboxed_sample(img, ref, size_hw, keep_aspect)
             self.images.append(image)

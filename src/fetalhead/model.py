@@ -28,6 +28,23 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "fetalhead-checkpoint/1"
 
+#: mm per network pixel whose :func:`scale_code` is 0 (HC18's median pixel size,
+#: 0.135 mm, letterboxed from 800x540 into 288x192).
+REFERENCE_MM_PER_PIXEL = 0.38
+
+
+def scale_code(mm_per_pixel: torch.Tensor) -> torch.Tensor:
+    """The scale input of a network: ``ln(mm per network pixel / 0.38)``, shape ``(N, 1)``.
+
+    Raises:
+        ValueError: If a value is not a positive finite number.
+
+    """
+    v = torch.as_tensor(mm_per_pixel, dtype=torch.float32).reshape(-1, 1)
+    if not bool(torch.all(torch.isfinite(v) & (v > 0))):
+        raise ValueError(f"mm per pixel must be positive and finite, got {v.flatten().tolist()}")
+    return torch.log(v / REFERENCE_MM_PER_PIXEL)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -44,6 +61,12 @@ class ModelConfig:
             levels (a 1x1 convolution each, upsampled), whose losses are added with
             weights 1/2, 1/4, 1/8 from fine to coarse. In evaluation the network
             returns the full-resolution output only, as without it.
+        scale_input: The network is also told the physical size of its input pixels
+            (mm per network pixel, :func:`scale_code`): each encoder level and the
+            bridge add a learned per-channel offset, linear in the code, to the
+            output of their first convolution. HC18 heads fill about the same
+            number of pixels at every gestation, so without it the network cannot
+            tell a large head imaged with large pixels from a small one.
 
     """
 
@@ -54,6 +77,7 @@ class ModelConfig:
     keep_aspect: bool = True
     normalisation: str = "divide_255"
     deep_supervision: bool = False
+    scale_input: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_hw", tuple(int(v) for v in self.input_hw))
@@ -140,16 +164,48 @@ class ResUNet(nn.Module):
         self.aux_heads = nn.ModuleList(
             nn.Conv2d(widths[i], 1, 1) for i in reversed(range(1, d))
         ) if self.config.deep_supervision else None  # fmt: skip
+        # Scale input: one offset per channel, linear in the scale code, for each encoder
+        # level and the bridge; zero at the start, so training begins from the plain net.
+        self.scale_offsets: nn.ModuleList | None = None
+        if self.config.scale_input:
+            self.scale_offsets = nn.ModuleList(nn.Linear(1, w) for w in widths)
+            for lin in self.scale_offsets:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, mm_per_pixel: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Map ``(N, 1, H, W)`` images in [0, 1] to ``(N, 1, H, W)`` logits.
+
+        Args:
+            x: The images.
+            mm_per_pixel: ``(N,)`` mm per network pixel; required with
+                ``config.scale_input``, ignored without it.
 
         In training with ``deep_supervision``, returns ``(logits, aux)``, ``aux`` the
         coarser levels' logits upsampled to ``(N, 1, H, W)``, finest first.
         """
-        return self._levels(self.down[0][0](x), aux=self.training)
+        code = self._code(x, mm_per_pixel)
+        return self._levels(self._offset(self.down[0][0](x), code, 0), code, aux=self.training)
 
-    def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
+    def _code(self, x: torch.Tensor, mm_per_pixel: torch.Tensor | None) -> torch.Tensor | None:
+        if self.scale_offsets is None:
+            return None
+        if mm_per_pixel is None:
+            raise ValueError("this network takes the pixel size: pass mm_per_pixel")
+        code = scale_code(mm_per_pixel).to(x.device)
+        if code.shape[0] != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} images but {code.shape[0]} pixel sizes")
+        return code
+
+    def _offset(self, h: torch.Tensor, code: torch.Tensor | None, i: int) -> torch.Tensor:
+        """``h`` plus level ``i``'s scale offset (``h`` itself without a scale input)."""
+        if code is None or self.scale_offsets is None:
+            return h
+        return h + self.scale_offsets[i](code.to(h.dtype))[:, :, None, None]
+
+    def forward_bf16(self, x: torch.Tensor, mm_per_pixel: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`forward`, with the convolutions after the first one in bfloat16.
 
         For inference on CPUs with fast bfloat16 (AVX512-BF16, AMX). The first
@@ -163,22 +219,23 @@ class ResUNet(nn.Module):
         Returns float32 logits.
         """
         device = x.device.type
+        code = self._code(x, mm_per_pixel)
         with torch.autocast(device, enabled=False):
-            stem = self.down[0][0](x.float())
+            stem = self._offset(self.down[0][0](x.float()), code, 0)
         with torch.autocast(device, dtype=torch.bfloat16):
-            return self._levels(stem).float()
+            return self._levels(stem, code).float()
 
     def _levels(
-        self, x: torch.Tensor, aux: bool = False
+        self, x: torch.Tensor, code: torch.Tensor | None = None, aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The network after the first convolution (whose output ``x`` is)."""
+        """The network after the first convolution (whose output, offset, ``x`` is)."""
         size = x.shape[-2:]
         skips = []
         for i, (level, drop) in enumerate(zip(self.down, self.drop_down, strict=True)):
-            x = level.blocks(x) if i == 0 else level(x)
+            x = level.blocks(x if i == 0 else self._offset(level[0](x), code, i))
             skips.append(x)
             x = drop(self.pool(x))
-        x = self.bridge(x)
+        x = self.bridge.blocks(self._offset(self.bridge[0](x), code, len(self.down)))
         decoded = []
         for up, drop, level, skip in zip(
             self.up, self.drop_up, self.up_levels, reversed(skips), strict=True

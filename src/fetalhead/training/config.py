@@ -81,6 +81,9 @@ class TrainConfig:
             ``final.pt``, its BatchNorm statistics measured again on the training
             images (``None``: no average). The training itself, its validation and
             ``best.pt`` do not change.
+        scale_input: Tell the network the mm per network pixel of each input (see
+            :class:`fetalhead.model.ModelConfig`), which the random zoom changes with
+            the image. Every training image needs a pixel size.
 
     """
 
@@ -115,6 +118,7 @@ class TrainConfig:
     crop_fraction: float = 0.0
     scale_range: tuple[float, float] = (0.85, 1.15)
     ema_decay: float | None = None
+    scale_input: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in get_args(LossName):
@@ -132,6 +136,10 @@ class TrainConfig:
         self.scale_range = (lo, hi)
         if not 0.0 <= self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in [0, 1], got {self.crop_fraction}")
+        if self.scale_input and self.crop_fraction > 0:
+            raise ValueError("scale_input with crop_fraction > 0 is not supported")
+        if self.scale_input and self.ema_decay is not None:
+            raise ValueError("scale_input with ema_decay is not supported")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.lr <= 0:
@@ -160,6 +168,7 @@ class TrainConfig:
             input_hw=(self.image_h, self.image_w),
             keep_aspect=self.keep_aspect,
             deep_supervision=self.deep_supervision,
+            scale_input=self.scale_input,
         )
 
     @classmethod

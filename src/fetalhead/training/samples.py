@@ -18,8 +18,12 @@ from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.gestation import hadlock_1984, trimester
 
 
-def build_augmentation(seed: int, scale: tuple[float, float]) -> A.Compose:
-    """Flips, small rotations, scales (``scale``, uniform) and shifts, and gamma/contrast."""
+def build_augmentation(seed: int, scale: tuple[float, float], record: bool = False) -> A.Compose:
+    """Flips, small rotations, scales (``scale``, uniform) and shifts, and gamma/contrast.
+
+    With ``record``, each result lists the parameters applied (``applied_transforms``),
+    from which :func:`zoom_of` reads the zoom; the random draws are the same.
+    """
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -37,7 +41,16 @@ def build_augmentation(seed: int, scale: tuple[float, float]) -> A.Compose:
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.2, p=0.5),
         ],
         seed=seed,
+        save_applied_params=record,
     )
+
+
+def zoom_of(applied: list[tuple[str, dict]]) -> float:
+    """The areal zoom of an augmentation result: sqrt(|det|) of its affine matrix, else 1."""
+    for name, params in applied:
+        if name == "Affine":
+            return float(np.sqrt(abs(np.linalg.det(np.asarray(params["matrix"])[:2, :2]))))
+    return 1.0
 
 
 def trimester_weights(cases: list[Case]) -> NDArray[np.float64]:
@@ -120,14 +133,19 @@ class HeadDataset(Dataset):
         sub = image[box.y0 : box.y1, box.x0 : box.x1]
         return letterboxed_sample(sub, local, self.cache.size_hw, self.cache.keep_aspect, 4)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image, mm per network pixel, target)``; a zoom of z divides the pixel size by z."""
+        mm = self.cache.mm_per_pixel[i]
         if self.crop_fraction > 0 and np.random.random() < self.crop_fraction:
             img, target = self._crop_sample(i)
+            mm = float("nan")  # another scale; crops are not combined with a scale input
         else:
             img, target = self.cache.images[i], self.cache.targets[i]
         if self.augment is not None:
             out = self.augment(image=img, mask=target)
             img, target = out["image"], out["mask"]
+            if "applied_transforms" in out:
+                mm /= zoom_of(out["applied_transforms"])
         x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32) / 255.0)[None]
         y = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
-        return x, y
+        return x, torch.tensor(mm, dtype=torch.float32), y
