@@ -43,7 +43,7 @@ logger = logging.getLogger("cross_validate")
 
 
 def mm_per_network_pixel(case: Case, lb: Letterbox) -> float:
-    """mm per network pixel of a case letterboxed by ``lb``."""
+    """The mm per network pixel of a case letterboxed by ``lb``."""
     if case.pixel_size_mm is None:
         raise ValueError(f"{case.image}: no pixel size, which this network needs")
     sx, sy = lb.scale
@@ -63,7 +63,8 @@ def heldout_maps(ckpt_path: Path, data: str, folds: int, fold: int, seed: int, o
             t = torch.from_numpy(np.stack([x for x, _ in pre]))[:, None]
             mm = None
             if ckpt.config.scale_input:
-                mm = torch.tensor([mm_per_network_pixel(c, lb) for c, (_, lb) in zip(chunk, pre)])
+                sizes = [mm_per_network_pixel(c, lb) for c, (_, lb) in zip(chunk, pre, strict=True)]
+                mm = torch.tensor(sizes)
             p = torch.sigmoid(model(t, mm))[:, 0]
             pf = torch.sigmoid(model(t.flip(-1), mm))[:, 0].flip(-1)
             names += [c.image.name for c in chunk]

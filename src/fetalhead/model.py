@@ -185,6 +185,7 @@ class ResUNet(nn.Module):
 
         In training with ``deep_supervision``, returns ``(logits, aux)``, ``aux`` the
         coarser levels' logits upsampled to ``(N, 1, H, W)``, finest first.
+
         """
         code = self._code(x, mm_per_pixel)
         return self._levels(self._offset(self.down[0][0](x), code, 0), code, aux=self.training)
@@ -205,7 +206,9 @@ class ResUNet(nn.Module):
             return h
         return h + self.scale_offsets[i](code.to(h.dtype))[:, :, None, None]
 
-    def forward_bf16(self, x: torch.Tensor, mm_per_pixel: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_bf16(
+        self, x: torch.Tensor, mm_per_pixel: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """As :meth:`forward`, with the convolutions after the first one in bfloat16.
 
         For inference on CPUs with fast bfloat16 (AVX512-BF16, AMX). The first
