@@ -32,22 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fetalhead.data import Case, find_cases, kfold_by_prefix
-from fetalhead.geometry.letterbox import Letterbox
+from fetalhead.data import find_cases, kfold_by_prefix
 from fetalhead.infer.backends import preprocess
 from fetalhead.model import Checkpoint
 from fetalhead.readers import read_gray
 from fetalhead.training import TrainConfig, train
 
 logger = logging.getLogger("cross_validate")
-
-
-def mm_per_network_pixel(case: Case, lb: Letterbox) -> float:
-    """The mm per network pixel of a case letterboxed by ``lb``."""
-    if case.pixel_size_mm is None:
-        raise ValueError(f"{case.image}: no pixel size, which this network needs")
-    sx, sy = lb.scale
-    return case.pixel_size_mm / float(np.sqrt(sx * sy))
 
 
 def heldout_maps(ckpt_path: Path, data: str, folds: int, fold: int, seed: int, out: Path) -> None:
@@ -63,8 +54,10 @@ def heldout_maps(ckpt_path: Path, data: str, folds: int, fold: int, seed: int, o
             t = torch.from_numpy(np.stack([x for x, _ in pre]))[:, None]
             mm = None
             if ckpt.config.scale_input:
-                sizes = [mm_per_network_pixel(c, lb) for c, (_, lb) in zip(chunk, pre, strict=True)]
-                mm = torch.tensor(sizes)
+                if any(c.pixel_size_mm is None for c in chunk):
+                    raise ValueError(f"{chunk[0].image.parent}: this network needs pixel sizes")
+                pairs = zip(chunk, pre, strict=True)
+                mm = torch.tensor([lb.mm_per_pixel(c.pixel_size_mm) for c, (_, lb) in pairs])
             p = torch.sigmoid(model(t, mm))[:, 0]
             pf = torch.sigmoid(model(t.flip(-1), mm))[:, 0].flip(-1)
             names += [c.image.name for c in chunk]

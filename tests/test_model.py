@@ -62,7 +62,7 @@ def _output_dtypes(
     model: ResUNet, x: torch.Tensor, bf16: bool = False
 ) -> tuple[torch.Tensor, dict[str, torch.dtype]]:
     seen: dict[str, torch.dtype] = {}
-    named = {"stem": model.down[0][0], "first": model.down[0][2], "bridge": model.bridge}
+    named = {"stem": model.down[0][0], "first": model.down[0][2], "bridge": model.bridge[2]}
     named["last"] = model.up_levels[-1]
     hooks = [
         m.register_forward_hook(lambda _m, _i, out, k=k: seen.__setitem__(k, out.dtype))

@@ -81,3 +81,25 @@ def test_readme_main_job_gives_sensible_values(tmp_path, capsys) -> None:
     # GA is printed as clinicians read it, completed weeks and days (the CSV keeps decimals).
     assert re.search(r" \d{1,2}w\dd ", out), out
     assert all("." in r["ga_weeks_hadlock"] for r in rows)
+
+
+def test_scale_input_exports_with_a_second_input_that_matches_torch(tmp_path) -> None:
+    import dataclasses
+
+    from fetalhead.infer.backends import TorchBackend
+
+    torch.manual_seed(0)
+    model = ResUNet(dataclasses.replace(TINY, scale_input=True)).eval()
+    with torch.no_grad():
+        for offset in model.scale_offsets:
+            offset.weight.normal_()
+    ck = Checkpoint.from_model(model)
+    assert export_onnx(ck, tmp_path / "s.onnx") < 1e-4
+    onnx_backend = OnnxBackend((tmp_path / "s.onnx").read_bytes())
+    x = np.random.default_rng(1).random((2, 1, 64, 96), dtype=np.float32)
+    mm = np.array([0.2, 0.7], np.float32)
+    got = onnx_backend(x, mm)
+    ref = TorchBackend(ck, channels_last=False)(x, mm)
+    assert np.abs(got - ref).max() < 1e-5
+    # The pixel size is read: the same images at other pixel sizes give other maps.
+    assert np.abs(onnx_backend(x, mm[::-1].copy()) - got).max() > 1e-4

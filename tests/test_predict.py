@@ -598,3 +598,35 @@ def test_level_by_band_is_checked() -> None:
         ramp_measurer({"inference": {"level_by_band": {"first": 0.5}}})
     with pytest.raises(ValueError, match=r"lie in \(0, 1\)"):
         ramp_measurer({"inference": {"level_by_band": {"first": 0.5, "second": 1.5, "third": 0.6}}})
+
+
+class _ScaleRecorder:
+    """The ring backend of conftest, keeping the mm per network pixel it is told."""
+
+    name = "ring"
+
+    def __init__(self) -> None:
+        self.ring, self.told = RingBackend(), []
+
+    def __call__(self, batch: np.ndarray, mm_per_pixel: np.ndarray) -> np.ndarray:
+        self.told.append(mm_per_pixel.tolist())
+        return self.ring(batch)
+
+
+def test_weights_with_a_scale_input_are_told_mm_per_network_pixel() -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(FINE_CONFIG, scale_input=True)
+    m = HeadMeasurer(
+        Checkpoint.from_model(ResUNet(cfg)), backend="torch", tta=True, reject_non_heads=False
+    )
+    m.backend = recorder = _ScaleRecorder()
+    img, _ = synthetic_scan(Ellipse(400, 270, 150, 110, 0.3), (540, 800))
+    found = m.measure_batch([img, img], [0.1, None])
+    # 800x540 letterboxed into 288x192 fills 284x192 of it, so 0.1 mm pixels are
+    # 0.1 / sqrt(284/800 * 192/540) = 0.28147 mm network pixels; without a pixel size,
+    # the reference 0.38 mm. Both passes of TTA are told the same.
+    assert recorder.told == [[pytest.approx(0.28147, abs=1e-5), pytest.approx(0.38)]] * 2
+    assert found[0].hc_mm is not None and found[1].hc_mm is None
+    with pytest.raises(ValueError, match="pass mm_per_pixel"):
+        m._probabilities(np.zeros((1, 1, 192, 288), np.float32))

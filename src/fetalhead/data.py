@@ -252,9 +252,9 @@ class CachedCases:
         for case in cases:
             img = read_gray(case.image)
             self.shapes.append((img.shape[0], img.shape[1]))
-            sx, sy = Letterbox(img.shape[0], img.shape[1], *size_hw, keep_aspect).scale
+            lb = Letterbox(img.shape[0], img.shape[1], *size_hw, keep_aspect)
             px = case.pixel_size_mm
-            self.mm_per_pixel.append(px / np.sqrt(sx * sy) if px else float("nan"))
+            self.mm_per_pixel.append(lb.mm_per_pixel(px) if px else float("nan"))
             ref = label_ellipse(case)
             image, target = letterboxed_sample(img, ref, size_hw, keep_aspect)
             self.images.append(image)

@@ -41,7 +41,7 @@ def scale_code(mm_per_pixel: torch.Tensor) -> torch.Tensor:
 
     """
     v = torch.as_tensor(mm_per_pixel, dtype=torch.float32).reshape(-1, 1)
-    if not bool(torch.all(torch.isfinite(v) & (v > 0))):
+    if not torch.jit.is_tracing() and not bool(torch.all(torch.isfinite(v) & (v > 0))):
         raise ValueError(f"mm per pixel must be positive and finite, got {v.flatten().tolist()}")
     return torch.log(v / REFERENCE_MM_PER_PIXEL)
 

@@ -27,7 +27,7 @@ from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.image import InputError, LoadedImage, to_uint8_gray
 from fetalhead.infer.backends import BackendName, make_backend, preprocess
 from fetalhead.measure import Measurement
-from fetalhead.model import Checkpoint, file_sha256
+from fetalhead.model import REFERENCE_MM_PER_PIXEL, Checkpoint, file_sha256
 from fetalhead.plausibility import DEFAULT_MODEL as DEFAULT_REJECTOR
 from fetalhead.plausibility import HeadRejector, head_features
 from fetalhead.postprocess import (
@@ -222,10 +222,35 @@ class HeadMeasurer:
             )
         return cls(Checkpoint.load(p), weights_path=p, **kwargs)
 
-    def _probabilities(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        probs = self.backend(batch)
+    def network_scale(
+        self, lbs: list[Letterbox], pixel_sizes: list[float | None]
+    ) -> NDArray[np.float32] | None:
+        """The mm per network pixel of letterboxed images, for a network with a scale input.
+
+        An image without a pixel size gets :data:`fetalhead.model.REFERENCE_MM_PER_PIXEL`
+        (its map is used; no HC in mm is reported for it). ``None`` for other networks.
+        """
+        if not self.config.scale_input:
+            return None
+        mm = [REFERENCE_MM_PER_PIXEL if px is None else lb.mm_per_pixel(px)
+              for lb, px in zip(lbs, pixel_sizes, strict=True)]  # fmt: skip
+        return np.asarray(mm, np.float32)
+
+    def _probabilities(
+        self, batch: NDArray[np.float32], mm_per_pixel: NDArray[np.float32] | None = None
+    ) -> NDArray[np.float32]:
+        """Head probabilities of a preprocessed batch (with the flipped pass under TTA).
+
+        Raises:
+            ValueError: If the network takes the pixel size and ``mm_per_pixel`` is missing.
+
+        """
+        if self.config.scale_input and mm_per_pixel is None:
+            raise ValueError("these weights take the pixel size: pass mm_per_pixel")
+        args = () if mm_per_pixel is None else (mm_per_pixel,)
+        probs = self.backend(batch, *args)
         if self.tta:
-            probs = 0.5 * (probs + self.backend(batch[..., ::-1].copy())[..., ::-1])
+            probs = 0.5 * (probs + self.backend(batch[..., ::-1].copy(), *args)[..., ::-1])
         return probs
 
     def measure_batch(
@@ -240,7 +265,8 @@ class HeadMeasurer:
             return []
         prepared = [preprocess(img, self.config) for img in images]
         batch = np.stack([x for x, _ in prepared])[:, None]
-        probs = self._probabilities(batch)
+        lbs = [lb for _, lb in prepared]
+        probs = self._probabilities(batch, self.network_scale(lbs, pixel_sizes_mm))
         results = [
             self._finish(img, prob, lb, px, name)
             for img, prob, (_, lb), px, name in zip(
@@ -275,7 +301,10 @@ class HeadMeasurer:
         if not todo:
             return
         prepared = [preprocess(images[i][b.y0 : b.y1, b.x0 : b.x1], self.config) for i, b in todo]
-        probs = self._probabilities(np.stack([x for x, _ in prepared])[:, None])
+        scale = self.network_scale(
+            [lb for _, lb in prepared], [results[i].pixel_size_mm for i, _ in todo]
+        )
+        probs = self._probabilities(np.stack([x for x, _ in prepared])[:, None], scale)
         for (i, box), prob, (_, lb) in zip(todo, probs, prepared, strict=True):
             e, contour, _, _ = self._fit(prob, lb, results[i].pixel_size_mm)
             if e is None or contour is None:

@@ -39,6 +39,15 @@ class Letterbox:
         h, w = self.resized
         return w / self.in_w, h / self.in_h
 
+    def mm_per_pixel(self, pixel_size_mm: float) -> float:
+        """The mm per network pixel of an image with ``pixel_size_mm`` pixels.
+
+        The geometric mean over the two axes (the same for a letterbox, which keeps
+        the aspect ratio, up to the rounding of the resized size).
+        """
+        sx, sy = self.scale
+        return pixel_size_mm / float(np.sqrt(sx * sy))
+
     @property
     def pad(self) -> tuple[int, int]:
         """``(pad_x, pad_y)`` offset of the resized image in the canvas."""

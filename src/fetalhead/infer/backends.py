@@ -25,9 +25,14 @@ BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 
 class Backend(Protocol):
-    """Maps a float32 ``(N, 1, H, W)`` batch in [0, 1] to ``(N, H, W)`` probabilities."""
+    """Maps a float32 ``(N, 1, H, W)`` batch in [0, 1] to ``(N, H, W)`` probabilities.
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]: ...
+    A backend of a network with a scale input (``ModelConfig.scale_input``) also
+    takes the ``(N,)`` mm per network pixel as a second argument; the others are
+    called with the batch alone.
+    """
+
+    def __call__(self, batch: NDArray[np.float32], /) -> NDArray[np.float32]: ...
 
 
 class TorchBackend:
@@ -70,15 +75,20 @@ class TorchBackend:
         )
         self._compiled_batch = 0
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def __call__(
+        self, batch: NDArray[np.float32], mm_per_pixel: NDArray[np.float32] | None = None
+    ) -> NDArray[np.float32]:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = self._run_compiled(x) if self._compiled is not None else self._forward(x)
+            mm = None if mm_per_pixel is None else torch.as_tensor(mm_per_pixel).float()
+            logits = (
+                self._run_compiled(x, mm) if self._compiled is not None else self._forward(x, mm)
+            )
             return torch.sigmoid(logits)[:, 0].float().cpu().numpy()
 
-    def _run_compiled(self, x: torch.Tensor) -> torch.Tensor:
+    def _run_compiled(self, x: torch.Tensor, mm: torch.Tensor | None) -> torch.Tensor:
         n = len(x)
         self._compiled_batch = max(self._compiled_batch, n)
         if n < self._compiled_batch:
@@ -86,12 +96,14 @@ class TorchBackend:
             x = torch.cat([x, pad])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if mm is not None:
+                mm = torch.cat([mm, mm.new_full((self._compiled_batch - n,), mm[0].item())])
         try:
-            return self._compiled(x)[:n]
+            return self._compiled(x, mm)[:n]
         except Exception as exc:  # inductor raises many types (compiler missing, ...)
             logger.warning("torch.compile failed, running eagerly instead: %s", exc)
             self._compiled = None
-            return self._forward(x)[:n]
+            return self._forward(x, mm)[:n]
 
 
 def preprocess(

@@ -50,17 +50,22 @@ def export_onnx_bytes(checkpoint: Checkpoint, opset: int = 17) -> bytes:
 
     model = checkpoint.build()
     h, w = checkpoint.config.input_hw
-    dummy = torch.zeros(1, 1, h, w)
+    args: tuple[torch.Tensor, ...] = (torch.zeros(1, 1, h, w),)
+    names, axes = ["image"], {"image": {0: "batch"}, "logits": {0: "batch"}}
+    if checkpoint.config.scale_input:
+        args += (torch.full((1,), 0.38),)
+        names.append("mm_per_pixel")
+        axes["mm_per_pixel"] = {0: "batch"}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (dummy,),
+            args,
             buf,
-            input_names=["image"],
+            input_names=names,
             output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes=axes,
             opset_version=opset,
             dynamo=False,
         )
@@ -84,11 +89,17 @@ def compare_with_torch(checkpoint: Checkpoint, onnx_bytes: bytes, n: int = 2) ->
     import onnxruntime as ort
 
     h, w = checkpoint.config.input_hw
-    x = np.random.default_rng(0).random((n, 1, h, w), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 1, h, w), dtype=np.float32)
+    feed = {"image": x}
+    mm = None
+    if checkpoint.config.scale_input:
+        feed["mm_per_pixel"] = rng.uniform(0.15, 0.9, n).astype(np.float32)
+        mm = torch.from_numpy(feed["mm_per_pixel"])
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"image": x})[0]
+    got = sess.run(None, feed)[0]
     with torch.inference_mode():
-        ref = checkpoint.build()(torch.from_numpy(x)).numpy()
+        ref = checkpoint.build()(torch.from_numpy(x), mm).numpy()
     return float(np.abs(got - ref).max())
 
 
@@ -143,8 +154,13 @@ class OnnxBackend:
                 logger.debug("cannot cache the ONNX export at %s", path)
         return cls(data, threads)
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        logits = self.session.run(None, {"image": np.ascontiguousarray(batch, np.float32)})[0]
+    def __call__(
+        self, batch: NDArray[np.float32], mm_per_pixel: NDArray[np.float32] | None = None
+    ) -> NDArray[np.float32]:
+        feed = {"image": np.ascontiguousarray(batch, np.float32)}
+        if mm_per_pixel is not None:
+            feed["mm_per_pixel"] = np.ascontiguousarray(mm_per_pixel, np.float32)
+        logits = self.session.run(None, feed)[0]
         return (1.0 / (1.0 + np.exp(-logits[:, 0]))).astype(np.float32)
 
 
