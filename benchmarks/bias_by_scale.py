@@ -76,7 +76,7 @@ def main() -> None:
     px = np.array([px_of[r["filename"]] for r in rows])
     groups = np.array([r["prefix"] for r in rows])
     hc_px, rel_pct = ref / px, 100.0 * df / ref
-    print(f"# bias_by_scale: {len(rows)} held-out images of {args.per_image}, {args.column}\n")
+    print(f"# bias_by_scale: {len(rows)} images of {args.per_image}, {args.column}\n")
     print("| reference HC (mm) | images | HC (pixels), median | pixel size (mm), median | "
           "DF (mm) | DF / HC (%) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
