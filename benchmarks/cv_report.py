@@ -17,6 +17,10 @@ Usage::
 
     python benchmarks/cv_report.py ../shared/data/hc18/training_set --runs runs/cv5 \
         --out benchmarks/results/cv5
+
+``--add-rows CSV`` adds the per-image rows of folds whose maps are gone (a committed
+``per_image.csv``, made at the same boundary level), so that a recipe trained fold by
+fold over several sessions is reported over all its folds.
 """
 
 from __future__ import annotations
@@ -164,6 +168,19 @@ def read_per_image_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             row["fold"] = int(row["fold"])
             rows.append(row)
     return rows, [f"fold{k}" for k in sorted({r["fold"] for r in rows})]
+
+
+def merge_rows(rows: list[dict], extra: list[dict], source: str) -> list[dict]:
+    """``rows`` and ``extra`` (rows of other folds, e.g. read from a committed per_image.csv).
+
+    Raises:
+        ValueError: If a fold has rows in both: each held-out image must count once.
+
+    """
+    both = {r["fold"] for r in rows} & {r["fold"] for r in extra}
+    if both:
+        raise ValueError(f"{source}: folds {sorted(both)} are already in the runs")
+    return rows + extra
 
 
 def cluster_resamples(groups: np.ndarray, n: int = 2000, seed: int = 0) -> Iterator[np.ndarray]:
@@ -361,8 +378,17 @@ def main() -> None:
         default=0.6,
         help="iso-probability of the head boundary (the shipped default)",
     )
+    ap.add_argument(
+        "--add-rows",
+        type=Path,
+        action="append",
+        default=[],
+        help="a per_image.csv of folds whose maps are not in --runs (made at the same level)",
+    )
     args = ap.parse_args()
     rows = per_image(args.data, args.runs, args.boundary_level)
+    for path in args.add_rows:
+        rows = merge_rows(rows, read_per_image_csv(path)[0], str(path))
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "per_image.csv", "w", newline="") as fh:
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))
