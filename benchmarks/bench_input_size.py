@@ -22,12 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fetalhead.infer.backends import make_backend
 from fetalhead.infer.hardware import bf16_supported
-from fetalhead.model import Checkpoint, ModelConfig, ResUNet
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.partition("x")
-    return int(h), int(w)
+from fetalhead.model import Checkpoint, ModelConfig, ResUNet, parse_hw
 
 
 def main() -> None:
@@ -49,7 +44,7 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(backends))
     base_pixels = 192 * 288
     for text in args.sizes:
-        h, w = parse_size(text)
+        h, w = parse_hw(text)
         torch.manual_seed(0)
         model = ResUNet(ModelConfig(start_filters=16, dropout=0.5, input_hw=(h, w))).eval()
         ck = Checkpoint.from_model(model)

@@ -20,7 +20,7 @@ import time
 import torch
 
 from fetalhead.infer.hardware import native_bf16
-from fetalhead.model import ModelConfig, ResUNet
+from fetalhead.model import ModelConfig, ResUNet, parse_hw
 from fetalhead.training.losses import compute_loss
 
 
@@ -63,12 +63,13 @@ def main() -> None:
         help="leave out the bfloat16 rows (slow where the CPU emulates bfloat16)",
     )
     args = ap.parse_args()
-    h, w = (int(v) for v in args.size.split("x"))
+    h, w = parse_hw(args.size)
+    native = native_bf16()
     print(
         f"# bench_train: Res-U-Net 16 filters at {h}x{w}, batch {args.batch}, {args.steps} steps; "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
-        f"native bfloat16 (AVX512-BF16 or AMX): {'yes' if native_bf16() else 'no'}, so "
-        f"`precision: auto` trains in {'bfloat16' if native_bf16() else 'float32'}"
+        f"native bfloat16 (AVX512-BF16 or AMX): {'yes' if native else 'no'}, so "
+        f"`precision: auto` trains in {'bfloat16' if native else 'float32'}"
     )
     rows = [
         (

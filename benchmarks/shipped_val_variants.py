@@ -17,6 +17,7 @@ import argparse
 
 import numpy as np
 import torch
+from cv_report import cluster_bootstrap
 
 from fetalhead.data import find_cases
 from fetalhead.gestation import hadlock_1984, trimester
@@ -28,16 +29,6 @@ from fetalhead.readers import read_gray
 
 VARIANTS = {"default (0.5)": {}, "level0.55": {"level": 0.55}, "level0.6": {"level": 0.6},
             "level0.65": {"level": 0.65}, "level0.7": {"level": 0.7}}  # fmt: skip
-
-
-def boot(values: np.ndarray, groups: np.ndarray, n: int = 2000) -> tuple[float, float, float]:
-    uniq = np.unique(groups)
-    idx = {g: np.flatnonzero(groups == g) for g in uniq}
-    rng = np.random.default_rng(0)
-    means = [values[np.concatenate([idx[g] for g in rng.choice(uniq, len(uniq))])].mean()
-             for _ in range(n)]  # fmt: skip
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(values.mean()), float(lo), float(hi)
 
 
 def main() -> None:
@@ -64,7 +55,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for v in VARIANTS:
         d = np.array(df[v])
-        a, p, t = boot(np.abs(d), g), boot(np.abs(d) - base, g), boot(d[third], g[third])
+        a, p = cluster_bootstrap(np.abs(d), g), cluster_bootstrap(np.abs(d) - base, g)
+        t = cluster_bootstrap(d[third], g[third])
         print(f"| {v} | {a[0]:.2f} ({a[1]:.2f}-{a[2]:.2f}) | {p[0]:+.2f} ({p[1]:+.2f} to "
               f"{p[2]:+.2f}) | {t[0]:+.2f} ({t[1]:+.2f} to {t[2]:+.2f}) |")  # fmt: skip
 

@@ -222,3 +222,14 @@ def test_scale_input_checkpoint_round_trip(tmp_path: Path) -> None:
     x, mm = torch.rand(1, 1, *TINY.input_hw), torch.tensor([0.3])
     with torch.inference_mode():
         assert ck.config.scale_input and torch.equal(ck.build()(x, mm), model(x, mm))
+
+
+def test_parse_hw_reads_square_and_rectangular_sizes() -> None:
+    from fetalhead.model import parse_hw
+
+    assert parse_hw("224") == (224, 224)
+    assert parse_hw("192x288") == (192, 288)
+    assert parse_hw("192X288") == (192, 288)
+    for bad in ("", "192x", "ax3", "1x2x3"):
+        with pytest.raises(ValueError, match="expected H or HxW"):
+            parse_hw(bad)

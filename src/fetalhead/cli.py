@@ -64,15 +64,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from fetalhead.model import parse_hw
     from fetalhead.training import TrainConfig, train
 
     hw: tuple[int | None, int | None] = (None, None)
     if args.image_size:
-        parts = args.image_size.lower().split("x")
         try:
-            hw = (int(parts[0]), int(parts[-1]))
-        except ValueError:
-            raise SystemExit(f"--image-size: expected H or HxW, got {args.image_size!r}") from None
+            hw = parse_hw(args.image_size)
+        except ValueError as exc:
+            raise SystemExit(f"--image-size: {exc}") from None
     overrides = {
         "data": args.data,
         "out": args.out,

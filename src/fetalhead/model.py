@@ -46,6 +46,22 @@ def scale_code(mm_per_pixel: torch.Tensor) -> torch.Tensor:
     return torch.log(v / REFERENCE_MM_PER_PIXEL)
 
 
+def parse_hw(text: str) -> tuple[int, int]:
+    """A network input size from ``"H"`` (square) or ``"HxW"``, e.g. ``"192x288"``.
+
+    Raises:
+        ValueError: If ``text`` is neither.
+
+    """
+    parts = text.lower().split("x")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        return int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise ValueError(f"expected H or HxW, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and input description of a Res-U-Net.
