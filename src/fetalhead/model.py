@@ -82,7 +82,9 @@ class ModelConfig:
             bridge add a learned per-channel offset, linear in the code, to the
             output of their first convolution. HC18 heads fill about the same
             number of pixels at every gestation, so without it the network cannot
-            tell a large head imaged with large pixels from a small one.
+            tell a large head imaged with large pixels from a small one. On folds
+            0-1 it did not lower the over-estimate of large heads and cost 0.40 mm
+            of ADF (``benchmarks/README.md``), so the shipped weights do without.
 
     """
 
