@@ -57,7 +57,7 @@ def test_crop_samples_hold_any_head_at_one_scale(tmp_path) -> None:
     cache = CachedCases(find_cases(tmp_path), (192, 288), keep_originals=True)
     ds = HeadDataset(cache, None, crop_fraction=1.0, crop_margin=(1.5, 1.5), crop_shift=0.0)
     for i in range(2):
-        x, y = ds[i]
+        x, _, y = ds[i]  # (image, mm per network pixel, target)
         assert x.shape == y.shape == (1, 192, 288)
         # Radius 64 network pixels: area pi * 64^2 = 12868 (box edges rounded to pixels).
         assert float(y.sum()) == pytest.approx(12868, rel=0.02)
