@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fetalhead.model import Checkpoint
+from fetalhead.model import REFERENCE_MM_PER_PIXEL, Checkpoint
 from fetalhead.write.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def export_onnx_bytes(checkpoint: Checkpoint, opset: int = 17) -> bytes:
     args: tuple[torch.Tensor, ...] = (torch.zeros(1, 1, h, w),)
     names, axes = ["image"], {"image": {0: "batch"}, "logits": {0: "batch"}}
     if checkpoint.config.scale_input:
-        args += (torch.full((1,), 0.38),)
+        args += (torch.full((1,), REFERENCE_MM_PER_PIXEL),)
         names.append("mm_per_pixel")
         axes["mm_per_pixel"] = {0: "batch"}
     buf = io.BytesIO()

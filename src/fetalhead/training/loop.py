@@ -197,8 +197,8 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
 
     _seed_all(cfg.seed)
     model = ResUNet(cfg.model_config).to(device)
-    if cfg.scale_input and any(c.pixel_size_mm is None for c in train_cases + val_cases):
-        missing = next(c for c in train_cases + val_cases if c.pixel_size_mm is None)
+    missing = next((c for c in train_cases + val_cases if c.pixel_size_mm is None), None)
+    if cfg.scale_input and missing is not None:
         raise ValueError(f"scale_input needs every pixel size; {missing.image} has none")
     augment = (
         build_augmentation(cfg.seed, cfg.scale_range, record=cfg.scale_input)
@@ -273,7 +273,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[float, float, float]:
         if device.type == "cpu" and use_amp:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=use_amp):
-            out = run.ddp_model(x, mm if cfg.scale_input else None)
+            out = run.ddp_model(x, mm)  # a network without a scale input ignores mm
         logits, aux = out if isinstance(out, tuple) else (out, [])
         loss = compute_loss(logits.float(), y, cfg.loss)
         for k, a in enumerate(aux):  # deep supervision, weights 1/2, 1/4, 1/8
@@ -305,7 +305,7 @@ def _validate(run: _Run) -> tuple[float, float, float, float, float]:
         for j in range(0, len(val_idx), cfg.batch_size):
             idx = val_idx[j : j + cfg.batch_size]
             x, mm, y = (t.to(device) for t in default_collate([run.val_ds[i] for i in idx]))
-            logits = run.model(x, mm if cfg.scale_input else None).float()
+            logits = run.model(x, mm).float()
             v[0] += float(compute_loss(logits, y, cfg.loss)) * len(idx)
             v[1] += float(hard_dice(logits, y).sum())
             v[2] += len(idx)
