@@ -287,7 +287,8 @@ def conformal_tables(rows: list[dict], level: float) -> tuple[str, dict]:
         model = fit_interval(cal, level)
         # The flag before the logistic one, for comparison: the widest share of the
         # calibration folds' intervals, in mm.
-        limit = np.quantile([model.scale(r) * r["plain_hc_mm"] for r in cal], 1 - FLAG_SHARE)
+        halves = [model.scale(r["plain_hc_mm"], r) * r["plain_hc_mm"] for r in cal]
+        limit = np.quantile(halves, 1 - FLAG_SHARE)
         for r in test:
             lo, hi = model.interval(r["plain_hc_mm"], r)
             covered.append(lo <= r["hc_ref_mm"] <= hi)

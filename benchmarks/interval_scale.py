@@ -1,14 +1,13 @@
 """Would a learned difficulty scale make the HC intervals narrower? Judged fold by fold.
 
-The shipped interval (:func:`fetalhead.uncertainty.fit_interval`) scales each image's
-relative half-width by ``u = 1 + b_fit * max(0, ln(r / r0)) + b_border * border``:
-the ellipse-fit residual and whether the head is clipped. The candidate here scales
-it by ``u = exp(w . x)``, a ridge regression (penalty 1, standardised inputs) of
-``ln(|HC error| / HC + 0.002)`` on the qc flag's inputs
-(:data:`fetalhead.uncertainty.FLAG_INPUTS`: head size, fit residual, clipping, map
-confidence and the map's profile across the boundary). Both then take the
-split-conformal quantile of ``|error| / (HC * u)`` in each HC band (Mondrian), so
-both are calibrated; only the widths differ.
+The residual scale (``fetalhead.uncertainty.fit_interval(scale="residual")``) widens
+each image's relative half-width by ``u = 1 + b_fit * max(0, ln(r / r0)) + b_border *
+border``: the ellipse-fit residual and whether the head is clipped. The learned scale
+(``scale="learned"``) takes ``u = exp(w . x)``, the expected relative error given the
+qc flag's inputs (:data:`fetalhead.uncertainty.FLAG_INPUTS`: head size, fit residual,
+clipping, map confidence and the map's profile across the boundary), fitted by a
+ridge log-link regression. Both then take the split-conformal quantile of ``|error| /
+(HC * u)`` in each HC band (Mondrian), so both are calibrated; only the widths differ.
 
 Judged two ways:
 
@@ -16,11 +15,12 @@ Judged two ways:
    calibrated on the other folds (coverage and median width by trimester);
 2. with ``--transfer OTHER.csv``, the held-out rows of another training recipe (its
    maps sharper or blurrier than the calibration folds'): calibrated on the folds of
-   ``PER_IMAGE`` that ``OTHER.csv`` does not hold, and judged on ``OTHER.csv``. This is
-   how the shipped weights are calibrated: on fold models of a shorter recipe.
+   ``PER_IMAGE`` that ``OTHER.csv`` does not hold, and judged on ``OTHER.csv``: does a
+   calibration carry from one recipe's fold models to another's?
 
 Usage::
 
+    python benchmarks/interval_scale.py benchmarks/results/shipped_cv5/per_image.csv
     python benchmarks/interval_scale.py benchmarks/results/cv5/per_image.csv \
         --transfer benchmarks/results/recipes_fold2/shipped_recipe_per_image.csv
 """
@@ -37,12 +37,9 @@ from typing import Any
 import numpy as np
 from cv_report import TRIMESTERS, read_per_image_csv
 
-from fetalhead.uncertainty import BANDS, band_of, conformal_quantile, fit_interval, flag_inputs
+from fetalhead.uncertainty import fit_interval
 
 LEVELS = (0.8, 0.9, 0.95)
-#: Floor of the relative error in the regression target (0.2 % of HC).
-EPS = 2e-3
-
 Interval = Callable[[dict[str, Any]], tuple[float, float]]
 
 
@@ -63,26 +60,8 @@ def shipped(cal: list[dict[str, Any]], level: float) -> Interval:
 
 def learned(cal: list[dict[str, Any]], level: float) -> Interval:
     """The candidate: the scale regressed on the flag's inputs, then Mondrian conformal."""
-    x = np.array([flag_inputs(r["plain_hc_mm"], r) for r in cal])
-    hc = np.array([r["plain_hc_mm"] for r in cal])
-    err = np.abs(hc - np.array([r["hc_ref_mm"] for r in cal]))
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
-    z = np.c_[np.ones(len(x)), (x - mean) / std]
-    penalty = np.diag(np.r_[0.0, np.ones(x.shape[1])])
-    w = np.linalg.solve(z.T @ z + penalty, z.T @ np.log(err / hc + EPS))
-
-    def scale(r: dict[str, Any]) -> float:
-        return float(np.exp(((flag_inputs(r["plain_hc_mm"], r) - mean) / std) @ w[1:]))
-
-    band = np.array([band_of(h) for h in hc])
-    scores = err / (hc * np.exp(((x - mean) / std) @ w[1:]))
-    q = {b: conformal_quantile(scores[band == b], level) for b in BANDS}
-
-    def interval(r: dict[str, Any]) -> tuple[float, float]:
-        half = r["plain_hc_mm"] * q[band_of(r["plain_hc_mm"])] * scale(r)
-        return r["plain_hc_mm"] - half, r["plain_hc_mm"] + half
-
-    return interval
+    model = fit_interval(cal, level, scale="learned")
+    return lambda r: model.interval(r["plain_hc_mm"], r)
 
 
 SCALES = {"shipped (fit residual, clipping)": shipped, "learned (the flag's inputs)": learned}

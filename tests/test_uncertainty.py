@@ -67,9 +67,63 @@ def test_clipped_heads_get_wider_intervals() -> None:
     clipped = rows_with_errors(rng.normal(0, 0.05, 100), border=1.0)
     model = fit_interval(easy + clipped, 0.9)
     assert model.b_border > 0
-    assert model.scale({"rel_rms": 0.01, "border": 1.0, "band": "second"}) > 2 * model.scale(
-        {"rel_rms": 0.01, "border": 0.0, "band": "second"}
+    assert model.scale(200.0, {"rel_rms": 0.01, "border": 1.0}) > 2 * model.scale(
+        200.0, {"rel_rms": 0.01, "border": 0.0}
     )
+
+
+def graded_rows(rng: np.random.Generator, n: int, hole: float, sd: float) -> list[dict]:
+    """Rows with every qc-flag input; relative HC errors N(0, sd), heads of 60-330 mm."""
+    rows = []
+    for h in rng.uniform(60.0, 330.0, n):
+        e = rng.normal(0.0, sd)
+        rows.append({
+            "plain_hc_mm": h, "hc_ref_mm": h - h * e, "rel_rms": 0.01, "border": 0.0,
+            "confidence": 0.99, "blur": 0.05, "hole": hole, "spill": 0.02, "unsupported": 0.0,
+        })  # fmt: skip
+    return rows
+
+
+def coverage(model: IntervalModel, rows: list[dict]) -> float:
+    hits = [
+        lo <= r["hc_ref_mm"] <= hi for r in rows for lo, hi in [model.interval(r["plain_hc_mm"], r)]
+    ]
+    return float(np.mean(hits))
+
+
+def test_learned_scale_covers_easy_and_hard_images_alike() -> None:
+    # Two kinds of image that differ only in how much of the head the map leaves out
+    # (hole): 1 % errors for the clear ones, 4 % for the others. The residual scale
+    # cannot tell them apart, so it over-covers the clear ones and under-covers the
+    # others; the learned scale reads hole and covers each near 90 %.
+    rng = np.random.default_rng(3)
+    cal = graded_rows(rng, 3000, 0.05, 0.01) + graded_rows(rng, 3000, 0.30, 0.04)
+    easy, hard = graded_rows(rng, 5000, 0.05, 0.01), graded_rows(rng, 5000, 0.30, 0.04)
+    residual, learned = fit_interval(cal, 0.9), fit_interval(cal, 0.9, scale="learned")
+    assert residual.learned is None and learned.learned is not None
+    assert coverage(residual, easy) > 0.99 and coverage(residual, hard) < 0.8
+    assert 0.87 <= coverage(learned, easy) <= 0.93
+    assert 0.87 <= coverage(learned, hard) <= 0.93
+    # 1.645 SD of each kind's error: about 3.3 % and 13.2 % of HC for the full width.
+    r_easy, r_hard = easy[0], hard[0]
+    assert learned.scale(200.0, r_easy) == pytest.approx(1.645 * 0.01, rel=0.15)
+    assert learned.scale(200.0, r_hard) == pytest.approx(1.645 * 0.04, rel=0.15)
+
+
+def test_learned_scale_round_trip_and_refusals() -> None:
+    rng = np.random.default_rng(4)
+    model = fit_interval(graded_rows(rng, 300, 0.1, 0.02), 0.9, scale="learned")
+    assert IntervalModel.from_dict(model.to_dict()) == model
+    stale = model.to_dict()
+    stale["learned"] = {**stale["learned"], "inputs": ["log_hc"]}
+    with pytest.raises(ValueError, match="recalibrate the weights"):
+        IntervalModel.from_dict(stale)
+    # A checkpoint calibrated before the learned scale existed loads with the residual one.
+    old = {k: v for k, v in fit_interval(graded_rows(rng, 300, 0.1, 0.02), 0.9).to_dict().items()
+           if k != "learned"}  # fmt: skip
+    assert IntervalModel.from_dict(old).learned is None
+    with pytest.raises(ValueError, match="scale must be one of"):
+        fit_interval(graded_rows(rng, 300, 0.1, 0.02), 0.9, scale="flip")  # type: ignore[arg-type]
 
 
 def test_each_band_gets_its_own_quantile() -> None:

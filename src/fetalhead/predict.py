@@ -344,10 +344,11 @@ class HeadMeasurer:
             else:
                 hc = e.perimeter * px if px is not None else None
                 features = interval_features(e, rms, conf, "touches_border" in reasons, hc)
-                if self.interval and hc is not None:
-                    half = self.interval.scale(features)
-                if self.flag and hc is not None:
+                if hc is not None and (self.flag or (self.interval and self.interval.learned)):
                     features |= profile_features(lb.crop(prob), lb.scale, e, self.level)
+                if self.interval and hc is not None:
+                    half = self.interval.scale(hc, features)
+                if self.flag and hc is not None:
                     flag_score = self.flag.score(hc, features)
                     if self.flag.decide(hc, flag_score):
                         reasons.append("uncertain_hc")

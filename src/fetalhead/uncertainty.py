@@ -19,6 +19,19 @@ whose relative errors are larger, are covered as often as the others. ``b_fit``
 and ``b_border`` are chosen on the calibration set, from a small grid, for the
 smallest mean width.
 
+With ``scale="learned"`` (:func:`fit_interval`), ``u_i = exp(w . z_i)`` instead, the
+expected relative error given the standardised qc-flag inputs ``z_i``
+(:data:`FLAG_INPUTS`: head size, fit residual, clipping, map confidence and the map's
+profile across the boundary), fitted by a ridge log-link regression of
+``|error_i| / HC_pred,i`` on them (:func:`log_link_regression`). A regression of the
+log of the error would shrink the ratio between easy and hard images, since errors
+near zero weigh heavily in the log. The conformal
+quantile is taken the same way, so the interval is calibrated either way; the
+learned scale is narrower where the map looks easy and wider where it looks hard.
+It should be calibrated on held-out maps of the recipe that made the weights: its
+inputs read how sharp a map looks, and a sharper recipe's errors are not smaller in
+proportion (``benchmarks/interval_scale.py``).
+
 The qc flag ``uncertain_hc`` is separate (:class:`FlagModel`): a logistic
 regression of "|HC error| > 5 mm" on the same difficulty scores, the head's size
 and how clearly the map shows the boundary (:func:`profile_features`), fitted to
@@ -29,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -66,6 +79,9 @@ def band_of(hc_mm: float) -> str:
     return trimester(hadlock_1984(hc_mm).weeks)
 
 
+IntervalScale = Literal["residual", "learned"]
+
+
 @dataclass(frozen=True)
 class IntervalModel:
     """A calibrated HC interval (see the module docstring).
@@ -77,6 +93,9 @@ class IntervalModel:
         b_fit: Weight of the boundary-fit term.
         b_border: Weight of the clipped-head term.
         n_calibration: Images it was calibrated on.
+        learned: For a learned scale, the regression on :data:`FLAG_INPUTS`
+            (``inputs``, ``mean``, ``std``, ``weights``); ``None`` for the
+            residual scale, which uses ``r0``, ``b_fit`` and ``b_border``.
 
     """
 
@@ -86,16 +105,24 @@ class IntervalModel:
     b_fit: float
     b_border: float
     n_calibration: int
+    learned: dict[str, list[float] | list[str]] | None = None
 
-    def scale(self, features: dict[str, Any]) -> float:
-        """``q * u``: the interval's relative half-width for an image of a band."""
+    def difficulty(self, hc_mm: float, features: dict[str, Any]) -> float:
+        """``u``, the image's difficulty: the factor its band's quantile is scaled by."""
+        if self.learned is not None:
+            mean, std = np.array(self.learned["mean"]), np.array(self.learned["std"])
+            z = (flag_inputs(hc_mm, features) - mean) / std
+            return float(np.exp(z @ np.array(self.learned["weights"])))
         u = 1.0 + self.b_fit * max(0.0, math.log(float(features["rel_rms"]) / self.r0))
-        u += self.b_border * float(features["border"])
-        return self.q[features["band"]] * u
+        return u + self.b_border * float(features["border"])
+
+    def scale(self, hc_mm: float, features: dict[str, Any]) -> float:
+        """``q * u``: the relative half-width of the interval around ``hc_mm``."""
+        return self.q[band_of(hc_mm)] * self.difficulty(hc_mm, features)
 
     def interval(self, hc_mm: float, features: dict[str, Any]) -> tuple[float, float]:
         """``(low, high)`` in mm."""
-        half = hc_mm * self.scale({**features, "band": band_of(hc_mm)})
+        half = hc_mm * self.scale(hc_mm, features)
         return hc_mm - half, hc_mm + half
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,8 +131,40 @@ class IntervalModel:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IntervalModel:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        """Inverse of :meth:`to_dict` (a checkpoint without ``learned`` has the residual scale).
+
+        Raises:
+            ValueError: If a learned scale reads other inputs than this version's.
+
+        """
+        learned = d.get("learned")
+        if learned is not None and tuple(learned["inputs"]) != FLAG_INPUTS:
+            raise ValueError(
+                f"the weights' HC interval reads {learned['inputs']}, this fetalhead "
+                f"{list(FLAG_INPUTS)}: recalibrate the weights (scripts/calibrate_weights.py)"
+            )
+        fields = [k for k in cls.__dataclass_fields__ if k != "learned"]
+        return cls(**{k: d[k] for k in fields}, learned=learned)
+
+
+def log_link_regression(
+    z: NDArray[np.float64], y: NDArray[np.float64], l2: float = 1.0
+) -> NDArray[np.float64]:
+    """``w`` with ``E[y | z] = c * exp(z @ w)``: Poisson quasi-likelihood, ridge on ``w[1:]``.
+
+    ``z``'s first column is the intercept (not penalised); ``y >= 0``. Solved by
+    Newton's method on ``y`` over its mean, whose fit is exact for the intercept.
+    """
+    yn = y / max(float(np.mean(y)), 1e-12)
+    penalty = l2 * np.diag(np.r_[0.0, np.ones(z.shape[1] - 1)])
+    w = np.zeros(z.shape[1])
+    for _ in range(100):
+        mu = np.exp(np.clip(z @ w, -30.0, 30.0))
+        step = np.linalg.solve((z * mu[:, None]).T @ z + penalty, z.T @ (mu - yn) + penalty @ w)
+        w -= np.clip(step, -1.0, 1.0)
+        if np.abs(step).max() < 1e-9:
+            break
+    return w
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
@@ -115,16 +174,33 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     return float(np.sort(scores)[k - 1])
 
 
-def fit_interval(rows: list[dict[str, Any]], level: float = 0.9) -> IntervalModel:
+def fit_interval(
+    rows: list[dict[str, Any]], level: float = 0.9, scale: IntervalScale = "residual"
+) -> IntervalModel:
     """Calibrate on held-out rows with ``plain_hc_mm``, ``hc_ref_mm`` and the features.
 
+    Args:
+        rows: Held-out rows; the learned scale also needs the profile features
+            (:func:`profile_features`) and ``confidence``.
+        level: Nominal coverage.
+        scale: ``"residual"`` (fit residual and clipping, from a grid) or
+            ``"learned"`` (regressed on the qc-flag inputs); see the module docstring.
+
     Raises:
-        ValueError: If a band has fewer than 20 usable rows or ``level`` is not in (0, 1).
+        ValueError: If a band has fewer than 20 usable rows, ``level`` is not in
+            (0, 1) or ``scale`` is unknown.
 
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    use = [r for r in rows if math.isfinite(r.get("plain_hc_mm", math.nan)) and "rel_rms" in r]
+    if scale not in get_args(IntervalScale):
+        raise ValueError(f"scale must be one of {get_args(IntervalScale)}, got {scale!r}")
+    need = ("rel_rms", "blur") if scale == "learned" else ("rel_rms",)
+    use = [
+        r
+        for r in rows
+        if math.isfinite(r.get("plain_hc_mm", math.nan)) and all(k in r for k in need)
+    ]
     hc = np.array([r["plain_hc_mm"] for r in use], float)
     band = np.array([band_of(h) for h in hc])
     for b in BANDS:
@@ -134,16 +210,33 @@ def fit_interval(rows: list[dict[str, Any]], level: float = 0.9) -> IntervalMode
             )
     err = np.abs(hc - np.array([r["hc_ref_mm"] for r in use], float))
     rel = np.array([r["rel_rms"] for r in use], float)
-    border = np.array([r["border"] for r in use], float)
     r0 = float(np.median(rel))
+
+    def calibrated(u: NDArray[np.float64], **kw: Any) -> IntervalModel:
+        scores = err / (hc * u)
+        q = {b: conformal_quantile(scores[band == b], level) for b in BANDS}
+        return IntervalModel(level, q, r0, n_calibration=len(use), **kw)
+
+    if scale == "learned":
+        x = np.array([flag_inputs(r["plain_hc_mm"], r) for r in use])
+        mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+        z = np.c_[np.ones(len(x)), (x - mean) / std]
+        w = log_link_regression(z, err / hc)
+        learned = {
+            "inputs": list(FLAG_INPUTS),
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "weights": [float(v) for v in w[1:]],  # the intercept is absorbed by q
+        }
+        return calibrated(np.exp(z[:, 1:] @ w[1:]), b_fit=0.0, b_border=0.0, learned=learned)
+    border = np.array([r["border"] for r in use], float)
     candidates = []
     for bf in _GRID_FIT:
         for bb in _GRID_BORDER:
             u = 1.0 + bf * np.maximum(0.0, np.log(rel / r0)) + bb * border
-            scores = err / (hc * u)
-            q = {b: conformal_quantile(scores[band == b], level) for b in BANDS}
-            width = float(np.mean(2 * np.array([q[b] for b in band]) * u * hc))
-            candidates.append((width, IntervalModel(level, q, r0, bf, bb, len(use))))
+            model = calibrated(u, b_fit=bf, b_border=bb)
+            width = float(np.mean(2 * np.array([model.q[b] for b in band]) * u * hc))
+            candidates.append((width, model))
     # The narrowest on average; on ties the first (simplest) in grid order.
     return min(candidates, key=lambda c: c[0])[1]
 
