@@ -27,15 +27,18 @@ from fetalhead.uncertainty import LEVELS
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
+    ap.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weights with a validation split")
     args = ap.parse_args()
     measurers = {
-        lv: HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS, backend="torch", interval_level=lv)
+        lv: HeadMeasurer.from_pretrained(args.weights, backend="torch", interval_level=lv)
         for lv in LEVELS
     }
-    val = set(measurers[0.9].checkpoint.meta["split"]["val_files"])
+    val = set(measurers[0.9].checkpoint.meta["split"].get("val_files") or [])
+    if not val:
+        ap.error(f"{args.weights} records no validation files (trained on every image)")
     cases = [c for c in find_cases(args.data) if c.image.name in val]
     tri = [trimester(hadlock_1984(c.hc_mm).weeks) for c in cases]
-    print(f"# shipped weights, {len(cases)} validation images, torch float32, their TTA setting")
+    print(f"# {args.weights}, {len(cases)} validation images, torch float32, their TTA setting")
     print("| level | trimester | n | coverage | median width mm |")
     print("|---|---|---|---|---|")
     flagged, big = [], []
