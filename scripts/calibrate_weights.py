@@ -3,13 +3,14 @@
 Reads the per-image held-out rows of the cross-validation folds, either as
 ``benchmarks/cv_report.py`` cached them in each fold's run folder
 (``RUNS/foldK/heldout_rows_levelP.json``) or from the ``per_image.csv`` it writes
-(committed as ``benchmarks/results/cv5/per_image.csv``, so that the calibration can be
-redone without the runs; its rows are at the boundary level the report was made at,
-P = 0.6 for the committed one), and its ``report.json``, then stores in the checkpoint's
-``meta``:
+(committed as ``benchmarks/results/shipped_cv5/per_image.csv`` for the shipped recipe,
+so that the calibration can be redone without the runs; its rows are at the boundary
+level the report was made at, P = 0.6 for the committed ones), and its ``report.json``,
+then stores in the checkpoint's ``meta``:
 
 - ``calibration.hc_interval``: split-conformal HC intervals at 80, 90 and 95 %,
-  calibrated on every held-out image of the folds;
+  calibrated on every held-out image of the folds, with the learned difficulty scale
+  (``--interval-scale learned``, the default) or the residual one;
 - ``calibration.qc_flag``: the ``uncertain_hc`` flag, a logistic regression of
   "|HC error| > 5 mm" on the difficulty scores, fitted to those images
   (:class:`fetalhead.uncertainty.FlagModel`). Its threshold is then set on these
@@ -29,8 +30,12 @@ The network's weights are not changed.
 
 Usage::
 
-    python scripts/calibrate_weights.py runs/cv5 benchmarks/results/cv5/report.json
-    python scripts/calibrate_weights.py benchmarks/results/cv5/per_image.csv REPORT
+    python scripts/calibrate_weights.py runs/cv5_s2 benchmarks/results/shipped_cv5/report.json
+    python scripts/calibrate_weights.py benchmarks/results/shipped_cv5/per_image.csv \
+        benchmarks/results/shipped_cv5/report.json \
+        --level-by-band benchmarks/results/shipped_cv5/analysis/level_by_band.json \
+        --threshold-images ../shared/data/hc18/test_set \
+        --threshold-pixel-size-csv ../shared/data/hc18/test_set_pixel_size.csv
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from fetalhead.evaluate import weights_evaluation
 from fetalhead.model import Checkpoint
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
 from fetalhead.readers.tables import read_pixel_size_csv
-from fetalhead.uncertainty import LEVELS, band_of, fit_flag, fit_interval
+from fetalhead.uncertainty import LEVELS, IntervalScale, band_of, fit_flag, fit_interval
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
@@ -58,6 +63,11 @@ from cv_report import read_per_image_csv
 TTA_MIN_GAIN_MM = 0.1
 #: Share of images the qc flag is set to flag.
 FLAG_SHARE = 0.1
+#: What the committed folds were trained with (``--recipe``'s default).
+SHIPPED_RECIPE = (
+    "configs/cv5_shipped_stage1.yaml, then configs/cv5_shipped_stage2.yaml from each "
+    "fold's last stage-1 weights"
+)
 
 
 def shipped_scores(ck: Checkpoint, folder: Path, pixel_csv: Path) -> list[float]:
@@ -120,6 +130,17 @@ def main() -> None:
         "inference.level_by_band, with its nested cross-validation",
     )
     ap.add_argument(
+        "--recipe",
+        default=SHIPPED_RECIPE,
+        help="the configs the fold models were trained with, as stored in calibrated_on",
+    )
+    ap.add_argument(
+        "--interval-scale",
+        choices=["residual", "learned"],
+        default="learned",
+        help="the HC interval's difficulty scale (fetalhead.uncertainty.fit_interval)",
+    )
+    ap.add_argument(
         "--evaluation",
         type=Path,
         help="a 'fetalhead evaluate' output folder of these weights with the settings "
@@ -135,7 +156,8 @@ def main() -> None:
         if np.isfinite(r.get("plain_hc_mm", np.nan)):
             r["band"] = band_of(r["plain_hc_mm"])
     report = json.loads(args.report.read_text())
-    models = [fit_interval(rows, level) for level in LEVELS]
+    scale: IntervalScale = args.interval_scale
+    models = [fit_interval(rows, level, scale) for level in LEVELS]
     m90 = models[LEVELS.index(0.9)]
     ok = [r for r in rows if "rel_rms" in r and np.isfinite(r.get("plain_hc_mm", np.nan))]
     flag = fit_flag(ok, share=FLAG_SHARE)
@@ -146,8 +168,8 @@ def main() -> None:
         "qc_flag": flag.to_dict(),
         "calibrated_on": (
             f"{len(ok)} held-out images of {len(folds)} cross-validation folds by scan prefix "
-            f"({', '.join(folds)}; configs/cv5_resunet16.yaml, models trained on the other "
-            "folds), maps post-processed as predict does without TTA"
+            f"({', '.join(folds)}; {args.recipe}; models trained on the other folds), maps "
+            f"post-processed as predict does without TTA at P = {args.boundary_level:g}"
         ),
         "coverage_cross_fold": report["intervals"],
     }
@@ -170,7 +192,7 @@ def main() -> None:
         by_band = json.loads(args.level_by_band.read_text())
         ck.meta["inference"]["level_by_band"] = by_band["levels"]
         ck.meta["cross_validation"]["level_by_band"] = {
-            "source": "benchmarks/level_by_band.py (benchmarks/results/level_by_band/report.md)",
+            "source": f"benchmarks/level_by_band.py ({args.level_by_band})",
             **by_band,
         }
     if args.threshold_images:
@@ -186,7 +208,7 @@ def main() -> None:
         ck.meta["evaluation"] = weights_evaluation(summary)
     ck.save(args.weights)
     print(
-        f"wrote {args.weights}: q90 {m90.q} (b_fit {m90.b_fit}, b_border {m90.b_border}), "
+        f"wrote {args.weights}: {scale} interval scale, q90 {m90.q}, "
         f"qc flag threshold {flag.threshold:.2f}, "
         f"TTA gain {tta_gain:+.3f} mm -> tta {ck.meta['inference']['tta']}, "
         f"levels by band {ck.meta['inference'].get('level_by_band')}"
