@@ -132,6 +132,21 @@ def test_train_writes_logs_checkpoints_and_curves(synth, tmp_path) -> None:
         train(tiny_config(synth, run))
 
 
+def test_a_run_on_every_image_has_no_validation_and_says_so(synth, tmp_path, capsys) -> None:
+    # As the shipped weights are trained: val_fraction 0, all 12 cases in training,
+    # the last weights kept; then a second stage from them, through the CLI.
+    first = tmp_path / "all"
+    args = [str(synth), "--out", str(first), "--epochs", "1", *TINY_CLI, "--val-fraction", "0"]
+    assert cli_main(["train", *args]) == 0
+    assert "no validation split: the last weights are final.pt" in capsys.readouterr().out
+    split = Checkpoint.load(first / "final.pt").meta["split"]
+    assert (split["n_train"], split["n_val"], split["val_files"]) == (12, 0, [])
+    second = [str(synth), "--out", str(tmp_path / "ft"), "--epochs", "1", *TINY_CLI]
+    second += ["--val-fraction", "0", "--init-weights", str(first / "final.pt")]
+    assert cli_main(["train", *second]) == 0
+    assert Checkpoint.load(tmp_path / "ft" / "final.pt").meta["split"]["n_train"] == 12
+
+
 def test_fine_tune_starts_from_weights_and_refuses_a_different_split(synth, tmp_path) -> None:
     base = tmp_path / "base"
     train(tiny_config(synth, base, epochs=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,7 +106,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     result = train(cfg, resume=args.resume)
-    print(f"best validation Dice {result.best_val_dice:.4f}; outputs in {result.run_dir}")
+    if math.isnan(result.best_val_dice):
+        print(f"no validation split: the last weights are final.pt; outputs in {result.run_dir}")
+    else:
+        print(f"best validation Dice {result.best_val_dice:.4f}; outputs in {result.run_dir}")
     return 0
 
 

@@ -74,7 +74,7 @@ class TrainResult:
     """Where a run left its outputs and how it ended."""
 
     run_dir: Path
-    best_val_dice: float
+    best_val_dice: float  # NaN when the run had no validation split
     history: list[EpochLog] = field(default_factory=list)
 
 
@@ -432,7 +432,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         if info.world > 1:
             _check_in_step(run.model, info, device)
             dist.barrier()
-    return TrainResult(run_dir, best, history)
+    # Without a validation split the score tracked was -train_loss, not a Dice.
+    return TrainResult(run_dir, best if run.val_cases else float("nan"), history)
 
 
 def _check_in_step(model: torch.nn.Module, info: DistInfo, device: torch.device) -> None:
