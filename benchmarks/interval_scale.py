@@ -52,19 +52,19 @@ def usable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def shipped(cal: list[dict[str, Any]], level: float) -> Interval:
-    """The shipped interval, calibrated on ``cal``."""
-    model = fit_interval(cal, level)
+def residual(cal: list[dict[str, Any]], level: float) -> Interval:
+    """The residual-scale interval, calibrated on ``cal``."""
+    model = fit_interval(cal, level, scale="residual")
     return lambda r: model.interval(r["plain_hc_mm"], r)
 
 
 def learned(cal: list[dict[str, Any]], level: float) -> Interval:
-    """The candidate: the scale regressed on the flag's inputs, then Mondrian conformal."""
+    """The learned-scale interval (shipped since 2026-12-02), calibrated on ``cal``."""
     model = fit_interval(cal, level, scale="learned")
     return lambda r: model.interval(r["plain_hc_mm"], r)
 
 
-SCALES = {"shipped (fit residual, clipping)": shipped, "learned (the flag's inputs)": learned}
+SCALES = {"residual (fit residual, clipping)": residual, "learned (the flag's inputs)": learned}
 
 
 def judge(pairs: list[tuple[dict[str, Any], tuple[float, float]]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""benchmarks/interval_scale.py: the shipped interval scale against a learned one."""
+"""benchmarks/interval_scale.py: the residual interval scale against the learned one."""
 
 import csv
 import json
@@ -16,7 +16,7 @@ def rows() -> list[dict]:
     """5 folds; in each, 20 heads per band: 10 sharp maps 1 % off, 10 blurry maps 5 % off.
 
     Only the map's blur tells the two apart; the fit residual and clipping, which the
-    shipped scale reads, are the same for all.
+    residual scale reads, are the same for all.
     """
     out = []
     for fold in range(5):
@@ -43,12 +43,12 @@ def test_a_scale_that_reads_the_blur_narrows_the_sharp_heads(tmp_path) -> None:
     sys.argv = ["interval_scale.py", str(path), "--out", str(out)]
     module.main()
     at_90 = {name: r["0.9"]["all"] for name, r in json.loads(out.read_text())["cross_fold"].items()}
-    shipped = at_90["shipped (fit residual, clipping)"]
+    residual = at_90["residual (fit residual, clipping)"]
     learned = at_90["learned (the flag's inputs)"]
-    # Shipped: every image alike, so each band's quantile is the ceil(81 * 0.9) = 73rd
+    # Residual: every image alike, so each band's quantile is the ceil(81 * 0.9) = 73rd
     # smallest of 80 calibration scores (40 at 0.01, 40 at 0.05): HC -/+ 5 %, widths
     # 8, 20 and 30 mm, median 20 mm, and every reference inside.
-    assert shipped == {"n": 300, "coverage": 1.0, "median_width_mm": pytest.approx(20.0)}
+    assert residual == {"n": 300, "coverage": 1.0, "median_width_mm": pytest.approx(20.0)}
     # Learned: the blurry heads keep about HC -/+ 5 %, the sharp ones about -/+ 1 %
     # (1.9, 4.6 and 7.0 mm wide), so the median (between the widest sharp
     # and the narrowest blurry head, 8 mm) drops below 8 mm, still covering them all.

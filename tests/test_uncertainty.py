@@ -110,10 +110,16 @@ def test_learned_scale_covers_easy_and_hard_images_alike() -> None:
     assert learned.scale(200.0, r_hard) == pytest.approx(1.645 * 0.04, rel=0.15)
 
 
-def test_learned_scale_round_trip_and_refusals() -> None:
+def test_learned_scale_round_trip_and_refusals(tmp_path) -> None:
+    from conftest import TINY
+
     rng = np.random.default_rng(4)
     model = fit_interval(graded_rows(rng, 300, 0.1, 0.02), 0.9, scale="learned")
     assert IntervalModel.from_dict(model.to_dict()) == model
+    # Through a checkpoint saved and loaded with weights_only=True.
+    meta = {"calibration": {"hc_interval": [model.to_dict()]}}
+    Checkpoint.from_model(ResUNet(TINY), meta).save(tmp_path / "c.pt")
+    assert interval_model(Checkpoint.load(tmp_path / "c.pt").meta, 0.9) == model
     stale = model.to_dict()
     stale["learned"] = {**stale["learned"], "inputs": ["log_hc"]}
     with pytest.raises(ValueError, match="recalibrate the weights"):
