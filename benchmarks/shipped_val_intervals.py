@@ -28,10 +28,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
     ap.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weights with a validation split")
+    ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
     args = ap.parse_args()
+    if 0.9 not in args.levels:
+        ap.error("--levels must include 0.9, the level the flag is reported at")
     measurers = {
         lv: HeadMeasurer.from_pretrained(args.weights, backend="torch", interval_level=lv)
-        for lv in LEVELS
+        for lv in args.levels
     }
     val = set(measurers[0.9].checkpoint.meta["split"].get("val_files") or [])
     if not val:
