@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from cv_report import TRIMESTERS, read_per_image_csv
 
-from fetalhead.uncertainty import fit_interval
+from fetalhead.uncertainty import IntervalScale, fit_interval
 
 LEVELS = (0.8, 0.9, 0.95)
 Interval = Callable[[dict[str, Any]], tuple[float, float]]
@@ -52,19 +52,17 @@ def usable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def residual(cal: list[dict[str, Any]], level: float) -> Interval:
-    """The residual-scale interval, calibrated on ``cal``."""
-    model = fit_interval(cal, level, scale="residual")
+def calibrate(cal: list[dict[str, Any]], level: float, scale: IntervalScale) -> Interval:
+    """The interval with difficulty scale ``scale``, calibrated on ``cal``."""
+    model = fit_interval(cal, level, scale)
     return lambda r: model.interval(r["plain_hc_mm"], r)
 
 
-def learned(cal: list[dict[str, Any]], level: float) -> Interval:
-    """The learned-scale interval (shipped since 2026-12-02), calibrated on ``cal``."""
-    model = fit_interval(cal, level, scale="learned")
-    return lambda r: model.interval(r["plain_hc_mm"], r)
-
-
-SCALES = {"residual (fit residual, clipping)": residual, "learned (the flag's inputs)": learned}
+#: Report label -> scale (``learned`` is shipped since 2026-12-02).
+SCALES: dict[str, IntervalScale] = {
+    "residual (fit residual, clipping)": "residual",
+    "learned (the flag's inputs)": "learned",
+}
 
 
 def judge(pairs: list[tuple[dict[str, Any], tuple[float, float]]]) -> dict[str, Any]:
@@ -107,12 +105,12 @@ def main() -> None:
     rows = usable(rows)
     folds = sorted({r["fold"] for r in rows})
     cross: dict[str, dict[float, dict]] = {}
-    for name, fit in SCALES.items():
+    for name, scale in SCALES.items():
         cross[name] = {}
         for level in LEVELS:
             pairs = []
             for k in folds:
-                interval = fit([r for r in rows if r["fold"] != k], level)
+                interval = calibrate([r for r in rows if r["fold"] != k], level, scale)
                 pairs += [(r, interval(r)) for r in rows if r["fold"] == k]
             cross[name][level] = judge(pairs)
     text = [table(f"{args.per_image}: each fold calibrated on the other folds", cross)]
@@ -123,10 +121,10 @@ def main() -> None:
         held = {r["fold"] for r in other}
         cal = [r for r in rows if r["fold"] not in held]
         moved: dict[str, dict[float, dict]] = {}
-        for name, fit in SCALES.items():
+        for name, scale in SCALES.items():
             moved[name] = {}
             for level in LEVELS:
-                interval = fit(cal, level)
+                interval = calibrate(cal, level, scale)
                 moved[name][level] = judge([(r, interval(r)) for r in other])
         text.append(
             table(
