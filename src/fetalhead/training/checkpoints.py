@@ -134,3 +134,40 @@ def write_config(cfg: TrainConfig, run_dir: Path) -> None:
         json.dump(values, fh, indent=2)
     with atomic_writer(run_dir / "config.yaml") as fh:
         yaml.safe_dump(values, fh, sort_keys=False)
+
+
+def average_checkpoints(checkpoints: list[Checkpoint], names: list[str]) -> Checkpoint:
+    """The uniform average of the weights of runs of one architecture (a "model soup").
+
+    Every floating tensor, BatchNorm statistics included, is the mean over the runs;
+    integer tensors (BatchNorm's batch counters) are the first run's. It only makes
+    sense for runs fine-tuned from the same start weights, which stay in one basin
+    (Wortsman et al., ICML 2022); the meta is the first run's, with the sources named
+    under ``meta["weight_average"]``.
+
+    Args:
+        checkpoints: Two or more checkpoints of the same architecture.
+        names: What each came from (paths), recorded in the meta.
+
+    Raises:
+        ValueError: If fewer than two are given, ``names`` does not match, or the
+            architectures or tensor names differ.
+
+    """
+    if len(checkpoints) < 2 or len(names) != len(checkpoints):
+        raise ValueError("give two or more checkpoints, each with a name")
+    first = checkpoints[0]
+    for c, name in zip(checkpoints[1:], names[1:], strict=True):
+        if dataclasses.replace(c.config, dropout=first.config.dropout) != first.config:
+            raise ValueError(f"{name}: architecture {c.config} differs from {first.config}")
+        if c.state_dict.keys() != first.state_dict.keys():
+            raise ValueError(f"{name}: its tensors differ from those of {names[0]}")
+    state = {}
+    for k, v in first.state_dict.items():
+        if v.is_floating_point():
+            mean = torch.stack([c.state_dict[k].float() for c in checkpoints]).mean(0)
+            state[k] = mean.to(v.dtype)
+        else:
+            state[k] = v.clone()
+    meta = dict(first.meta) | {"weight_average": {"sources": list(names), "n": len(names)}}
+    return Checkpoint(first.config, state, meta)
