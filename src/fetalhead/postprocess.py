@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from fetalhead.geometry.ellipse import Ellipse, boundary_sharpness, find_head_contour, fit_ellipse
 from fetalhead.geometry.letterbox import Letterbox
+from fetalhead.geometry.region import head_part
 
 PostprocessName = Literal["lowres", "full"]
 
@@ -59,6 +60,7 @@ def postprocess(
     *,
     level: float = 0.5,
     weight_power: float = 2.0,
+    open_ratio: float | None = None,
 ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
     """Turn a network probability map into an ellipse in original pixels.
 
@@ -80,6 +82,10 @@ def postprocess(
     exponent of |grad p| in the weights; 0 weighs points by boundary length only)
     are there for cross-validated comparisons (``benchmarks/cv_report.py``); the
     defaults are what ``predict`` uses.
+
+    ``open_ratio`` (off when ``None``) drops the outline points that an opening of
+    the region by a disk of that fraction of its largest inscribed radius cuts off
+    (:func:`~fetalhead.geometry.region.head_part`): tissue merged with a small head.
 
     Returns:
         ``(ellipse, contour, confidence, qc_reasons)``.
@@ -110,6 +116,10 @@ def postprocess(
     weights = sharp**weight_power * 0.5 * (seg + np.roll(seg, 1))
     tol = (BORDER_TOL_PX * orig_px[0], BORDER_TOL_PX * orig_px[1])
     on_border = near_border(pts, map_h, map_w, tol)
+    if open_ratio is not None:
+        head = head_part(pts, open_ratio)
+        if head is not None:
+            orig, weights, on_border = orig[head], weights[head], on_border[head]
     pts = orig
     if on_border.mean() > MAX_BORDER_FRACTION:
         reasons.append("touches_border")

@@ -85,22 +85,23 @@ def fit_by_band(
     band_levels: dict[str, float] | None,
     level: float,
     px: float | None,
+    open_ratio: float | None = None,
 ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
     """The head's ellipse (:func:`~fetalhead.postprocess.postprocess`) at its HC band's level.
 
     With levels by band and a pixel size, the ellipse is fitted at the second band's
     level (the commonest heads), and fitted again at its band's level if that HC falls
     in a band with another level (kept unless that finds no head). Otherwise at
-    ``level``.
+    ``level``. ``open_ratio`` is passed on to :func:`~fetalhead.postprocess.postprocess`.
     """
     if not band_levels or px is None:
-        return postprocess(prob, lb, method, level=level)
+        return postprocess(prob, lb, method, level=level, open_ratio=open_ratio)
     first = band_levels["second"]
-    fit = postprocess(prob, lb, method, level=first)
+    fit = postprocess(prob, lb, method, level=first, open_ratio=open_ratio)
     if fit[0] is not None:
         wanted = band_levels[band_of(fit[0].perimeter * px)]
         if wanted != first:
-            again = postprocess(prob, lb, method, level=wanted)
+            again = postprocess(prob, lb, method, level=wanted, open_ratio=open_ratio)
             if again[0] is not None:
                 return again
     return fit
@@ -166,6 +167,9 @@ class HeadMeasurer:
         #: Boundary level per HC band (``first``, ``second``, ``third``), if the weights
         #: give one: see :meth:`_fit`.
         self.band_levels: dict[str, float] | None = _band_levels(inference.get("level_by_band"))
+        #: Opening ratio that cuts merged tissue off the head region before the fit
+        #: (:func:`~fetalhead.geometry.region.head_part`), if the weights recommend one.
+        self.open_ratio: float | None = inference.get("open_ratio")
         self.postprocess_method: PostprocessName = postprocess
         self.weights_path = weights_path
         #: What the measurer was asked for, to build equal ones (e.g. in worker processes).
@@ -321,7 +325,9 @@ class HeadMeasurer:
         self, prob: NDArray[np.float32], lb: Letterbox, px: float | None
     ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
         """The head's ellipse at the boundary level of its HC band (:func:`fit_by_band`)."""
-        return fit_by_band(prob, lb, self.postprocess_method, self.band_levels, self.level, px)
+        return fit_by_band(
+            prob, lb, self.postprocess_method, self.band_levels, self.level, px, self.open_ratio
+        )
 
     def _finish(
         self,
@@ -467,6 +473,7 @@ class HeadMeasurer:
             "refine": self.refine,
             "boundary_level": self.level,
             "boundary_level_by_band": self.band_levels,
+            "open_ratio": self.open_ratio,
             "postprocess": self.postprocess_method,
             "data_note": meta.get("data_note"),
             "metrics": meta.get("metrics"),
