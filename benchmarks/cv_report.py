@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from skull_ring import ring_features
 
 from fetalhead.data import Case, find_cases, label_ellipse
 from fetalhead.evaluate import ellipse_dice, hausdorff_ellipses
@@ -99,7 +100,7 @@ def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
         cached = fold_dir / f"heldout_rows_level{level:g}.json"
         if cached.exists() and cached.stat().st_mtime > maps.stat().st_mtime:
             old = json.loads(cached.read_text())
-            if all("blur" in r or "rel_rms" not in r for r in old):
+            if all({"blur", "ring_contrast"} <= r.keys() or "rel_rms" not in r for r in old):
                 rows += old
                 continue
         start = len(rows)
@@ -142,6 +143,7 @@ def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
                 rms = boundary_rms(e, contour)
                 row |= interval_features(e, rms, conf, "touches_border" in reasons)
                 row |= profile_features(lb.crop(plain), lb.scale, e, level)
+                row |= ring_features(img, e)
             rows.append(row)
         cached.write_text(json.dumps(rows[start:]))
     return rows

@@ -12,7 +12,11 @@ shipped inputs as ``ln(value + 0.001)``:
 - ``flip``: |HC of the flipped map - HC| / HC (costs a second network pass, as TTA does);
 - ``level_spread``: (HC at P = 0.55 - HC at P = 0.7) / HC, how far the boundary moves
   with the level (no extra pass);
-- ``pixel_size``: the image's pixel size in mm (with ``--pixel-sizes``).
+- ``pixel_size``: the image's pixel size in mm (with ``--pixel-sizes``);
+- ``ring_contrast``, ``ring_weak``, ``ring_inside``: how clearly the image shows a skull
+  ridge along the fitted ellipse (``benchmarks/skull_ring.py``; no extra pass), entered
+  as they are (they are log ratios already). With ``--ring``, only the rows that carry
+  them (those of folds whose maps ``cv_report.py`` scored with them) are judged.
 
 Usage::
 
@@ -40,6 +44,7 @@ from level_by_band import df_at
 from fetalhead.uncertainty import LARGE_ERROR_MM, band_of, flag_inputs, ridge_logistic
 
 SHARES = (0.05, 0.10, 0.15, 0.20)
+RING = ("ring_contrast", "ring_weak", "ring_inside")
 TABLE_HEAD = (
     "| inputs | "
     + " | ".join(f"cut at {s:.0%}: flagged / caught" for s in SHARES)
@@ -67,6 +72,8 @@ def candidate(row: dict, name: str) -> float:
         value = abs(row["hc_flip_mm"] - row["plain_hc_mm"]) / hc
     elif name == "level_spread":
         value = abs(df_at(row, 0.55) - df_at(row, 0.7)) / hc
+    elif name in RING:
+        return float(row[name])
     else:
         value = row[name]
     return math.log(value + 1e-3)
@@ -106,6 +113,24 @@ def judge(rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
                 "caught": float((flagged & y).sum() / y.sum()),
             }
         )
+    return out
+
+
+def in_sample(rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
+    """The flag fitted, cut and judged on the same rows: an optimistic bound.
+
+    No held-out image is left, so this is what these inputs could give at best, not
+    what a flag will do on new images (that is :func:`judge`).
+    """
+    x, y = design(rows, extra)
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+    beta = ridge_logistic((x - mean) / std, y.astype(float), l2=1.0)
+    score = beta[0] + ((x - mean) / std) @ beta[1:]
+    out = []
+    for share in SHARES:
+        flagged = score > np.quantile(score, 1.0 - share)
+        caught = float((flagged & y).sum() / y.sum())
+        out.append({"share": share, "flagged": float(flagged.mean()), "caught": caught})
     return out
 
 
@@ -150,6 +175,9 @@ def main() -> None:
         help="another recipe's held-out rows (per_image.csv) to judge the flag on, fitted on"
         " PER_IMAGE's other folds",
     )
+    ap.add_argument(
+        "--ring", action="store_true", help="judge the skull-ridge inputs, on the rows with them"
+    )
     ap.add_argument("--out", type=Path, help="write the result as JSON here")
     args = ap.parse_args()
     picks = {int(k): v for k, v in json.loads(args.levels.read_text())["picks_by_fold"].items()}
@@ -160,6 +188,9 @@ def main() -> None:
             px = {r["filename"]: float(r["pixel size(mm)"]) for r in csv.DictReader(fh)}
         rows = [r | {"pixel_size": px[r["filename"]]} for r in rows]
         candidates.append(("pixel_size",))
+    if args.ring:
+        rows = [r for r in rows if all(math.isfinite(r.get(k, math.nan)) for k in RING)]
+        candidates += [(k,) for k in RING] + [RING]
     rows = banded_rows(rows, picks)
     large = [abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows]
     by_tri = {t: sum(g for g, r in zip(large, rows, strict=True) if r["trimester"] == t)
@@ -172,9 +203,18 @@ def main() -> None:
     print()
     print(TABLE_HEAD)
     report = {"n": len(rows), "large_errors": int(sum(large)), "candidates": {}}
-    for extra in candidates:
-        name = "shipped" + "".join(f" + {e}" for e in extra)
+    named = {"shipped" + "".join(f" + {e}" for e in extra): extra for extra in candidates}
+    for name, extra in named.items():
         report["candidates"][name] = curve = judge(rows, extra)
+        print(curve_row(name, curve))
+    best = max(report["candidates"].items(), key=lambda kv: kv[1][1]["caught"])[0]
+    print()
+    print(f"# {best}, fitted, cut and judged on all {len(rows)} rows (optimistic: none held out)")
+    print()
+    print(TABLE_HEAD)
+    report["in_sample"] = {"inputs": best}
+    for name in dict.fromkeys(["shipped", best]):
+        report["in_sample"][name] = curve = in_sample(rows, named[name])
         print(curve_row(name, curve))
     if args.transfer:
         other = banded_rows(read_per_image_csv(args.transfer)[0], picks)

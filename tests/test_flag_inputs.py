@@ -59,6 +59,12 @@ def test_an_input_that_tells_the_large_errors_apart_catches_them(tmp_path) -> No
     assert at_10["shipped"] == {"share": 0.1, "flagged": 0.0, "caught": 0.0}
     # With the flip disagreement, the 10 % flagged are the 20 large errors.
     assert at_10["shipped + flip"] == {"share": 0.1, "flagged": 0.1, "caught": 1.0}
+    # The optimistic bound (fitted and judged on all rows) is given for the shipped inputs
+    # and the best candidate: the same here, since the fit has nothing to overfit.
+    bound = report["in_sample"]
+    assert bound["inputs"] == "shipped + flip"
+    assert bound["shipped + flip"][1] == {"share": 0.1, "flagged": 0.1, "caught": 1.0}
+    assert bound["shipped"][1] == {"share": 0.1, "flagged": 0.0, "caught": 0.0}
 
 
 def test_a_flag_fitted_on_other_folds_is_judged_on_another_recipe(tmp_path) -> None:
