@@ -600,6 +600,19 @@ def test_level_by_band_is_checked() -> None:
         ramp_measurer({"inference": {"level_by_band": {"first": 0.5, "second": 1.5, "third": 0.6}}})
 
 
+def test_open_ratio_comes_from_the_weights_and_is_checked() -> None:
+    # The ramp's single round region: the opening leaves it whole, as without it.
+    plain = ramp_measurer({"inference": {"level": 0.5}})
+    opened = ramp_measurer({"inference": {"level": 0.5, "open_ratio": 0.5}})
+    img = [np.zeros((540, 800), np.uint8)]
+    assert opened.describe()["open_ratio"] == 0.5 and plain.describe()["open_ratio"] is None
+    e0 = plain.measure_batch(img, [0.2])[0].ellipse
+    e1 = opened.measure_batch(img, [0.2])[0].ellipse
+    assert e1 == e0
+    with pytest.raises(ValueError, match=r"open_ratio must lie in \(0, 1\)"):
+        ramp_measurer({"inference": {"open_ratio": 1.5}})
+
+
 class _ScaleRecorder:
     """The ring backend of conftest, keeping the mm per network pixel it is told."""
 

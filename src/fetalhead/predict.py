@@ -170,6 +170,8 @@ class HeadMeasurer:
         #: Opening ratio that cuts merged tissue off the head region before the fit
         #: (:func:`~fetalhead.geometry.region.head_part`), if the weights recommend one.
         self.open_ratio: float | None = inference.get("open_ratio")
+        if self.open_ratio is not None and not 0.0 < self.open_ratio < 1.0:
+            raise ValueError(f"the weights' open_ratio must lie in (0, 1), got {self.open_ratio}")
         self.postprocess_method: PostprocessName = postprocess
         self.weights_path = weights_path
         #: What the measurer was asked for, to build equal ones (e.g. in worker processes).

@@ -11,6 +11,11 @@ narrower than the disk does not. :func:`head_part` returns the outline points of
 region that lie on the opened part that holds the region's deepest point, so that the
 ellipse is fitted to the head's outline only.
 
+Judged on held-out folds of the shipped recipe it did not help (ADF -0.01 mm, -0.07 to
++0.03, on 362 images; ``benchmarks/cv_trim.py``): most merged heads there are fused with
+more than a thin strip. It is off unless weights recommend it
+(``meta["inference"]["open_ratio"]``), and the shipped ones do not.
+
 Coordinates are ``(x, y)`` pixels of the map, as
 :func:`~fetalhead.geometry.ellipse.find_head_contour` returns them.
 """
