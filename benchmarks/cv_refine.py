@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 
 import torch
-from cv_report import case_row, ellipse_metrics
+from cv_report import case_row, metric_columns
 
 from fetalhead.data import find_cases, kfold_by_prefix, label_ellipse
 from fetalhead.model import Checkpoint
@@ -56,11 +56,7 @@ def fold_rows(data: str, fold_dir: Path, level: float) -> list[dict]:
             "refined": int(m.ellipse is not None and m.ellipse != first),
             "plain_qc": m.qc,
         }
-        if m.ellipse is None:
-            row |= {k: math.nan for k in ("plain_hc_mm", "plain_df_mm", "plain_dsc", "plain_hd_mm")}
-        else:
-            metrics = ellipse_metrics(m.ellipse, case, label_ellipse(case), img.shape)
-            row |= {f"plain_{k}": v for k, v in metrics.items()}
+        row |= metric_columns("plain", m.ellipse, case, label_ellipse(case), img.shape)
         rows.append(row)
     return rows
 

@@ -90,6 +90,15 @@ def ellipse_metrics(e: Ellipse, case: Case, ref: Ellipse, shape: tuple[int, int]
     }
 
 
+def metric_columns(
+    prefix: str, e: Ellipse | None, case: Case, ref: Ellipse, shape: tuple[int, int]
+) -> dict:
+    """:func:`ellipse_metrics` as ``<prefix>_hc_mm``, ``_df_mm``, ... (NaN: no head found)."""
+    if e is None:
+        return {f"{prefix}_{k}": math.nan for k in ("hc_mm", "df_mm", "dsc", "hd_mm")}
+    return {f"{prefix}_{k}": v for k, v in ellipse_metrics(e, case, ref, shape).items()}
+
+
 def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
     cases = {c.image.name: c for c in find_cases(data)}
     rows = []
@@ -127,13 +136,8 @@ def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
                 if variant == "flip":
                     row["hc_flip_mm"] = e.perimeter * px if e else math.nan
                     continue
-                if e is None:
-                    row |= {f"{variant}_{k}": math.nan for k in ("hc_mm", "df_mm", "dsc", "hd_mm")}
-                    row[f"{variant}_qc"] = "no_head_found"
-                    continue
-                metrics = ellipse_metrics(e, case, ref, (h, w))
-                row |= {f"{variant}_{k}": v for k, v in metrics.items()}
-                row[f"{variant}_qc"] = ";".join(reasons) or "ok"
+                row |= metric_columns(variant, e, case, ref, (h, w))
+                row[f"{variant}_qc"] = "no_head_found" if e is None else ";".join(reasons) or "ok"
             # Post-processing variants on the plain map, paired with the default.
             for variant, kw in VARIANTS.items():
                 ev, _, _, _ = postprocess(plain.astype(np.float32), lb, "full", **kw)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from compare_recipes import compare
-from cv_report import TRIMESTERS, case_row, ellipse_metrics, fmt
+from cv_report import TRIMESTERS, case_row, fmt, metric_columns
 
 from fetalhead.data import find_cases, label_ellipse
 from fetalhead.geometry.letterbox import Letterbox
@@ -60,14 +60,8 @@ def measure_runs(
                 e, _, _, reasons = fit_by_band(
                     prob, lb, "full", levels, levels["second"], case.pixel_size_mm, ratio
                 )
-                row = case_row(case, fold)
-                if e is None:
-                    row |= {f"plain_{k}": math.nan for k in ("hc_mm", "df_mm", "dsc", "hd_mm")}
-                    row["plain_qc"] = "no_head_found"
-                else:
-                    metrics = ellipse_metrics(e, case, ref, (h, w))
-                    row |= {f"plain_{k}": v for k, v in metrics.items()}
-                    row["plain_qc"] = ";".join(reasons) or "ok"
+                row = case_row(case, fold) | metric_columns("plain", e, case, ref, (h, w))
+                row["plain_qc"] = "no_head_found" if e is None else ";".join(reasons) or "ok"
                 out[name_of(ratio)].append(row)
     return out
 
@@ -108,6 +102,12 @@ def main() -> None:
         + " |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    same = compare(base, base)
+    m = same["base"]
+    lines.append(
+        f"| shipped | {same['n']} | {fmt(m['dsc'], 100)} | {fmt(m['hd_mm'])} | "
+        f"{fmt(m['adf_mm'])} | | | | |"
+    )
     report: dict = {"runs": str(args.runs), "levels": levels}
     moved_lines = ["", "Images whose HC moved by more than 1 mm:", ""]
     for ratio in args.ratios:
@@ -128,10 +128,6 @@ def main() -> None:
                     f"- {name} {b['filename']} (fold {b['fold']}, {b['trimester']}): DF "
                     f"{b['plain_df_mm']:+.1f} -> {v['plain_df_mm']:+.1f} mm"
                 )
-    same = compare(base, base)
-    m = same["base"]
-    lines.insert(4, f"| shipped | {same['n']} | {fmt(m['dsc'], 100)} | {fmt(m['hd_mm'])} | "
-                 f"{fmt(m['adf_mm'])} | | | | |")  # fmt: skip
     text = "\n".join(lines + moved_lines) + "\n"
     (args.out / "report.md").write_text(text)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))

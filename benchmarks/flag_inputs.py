@@ -90,6 +90,13 @@ def curve_row(name: str, curve: list[dict]) -> str:
     return f"| {name} | {cells} |"
 
 
+def fitted_scores(x_fit: np.ndarray, y_fit: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Logistic scores of ``x`` by a ridge fit (l2 = 1) on standardised ``x_fit``, ``y_fit``."""
+    mean, std = x_fit.mean(axis=0), x_fit.std(axis=0) + 1e-9
+    beta = ridge_logistic((x_fit - mean) / std, y_fit.astype(float), l2=1.0)
+    return beta[0] + ((x - mean) / std) @ beta[1:]
+
+
 def judge(rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
     """Flagged share and large errors caught, per share, each fold flagged by the others."""
     x, y = design(rows, extra)
@@ -100,9 +107,7 @@ def judge(rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
         flagged = np.zeros(len(rows), bool)
         for k in np.unique(fold):
             fit = fold != k
-            mean, std = x[fit].mean(axis=0), x[fit].std(axis=0) + 1e-9
-            beta = ridge_logistic((x[fit] - mean) / std, y[fit].astype(float), l2=1.0)
-            score = beta[0] + ((x - mean) / std) @ beta[1:]
+            score = fitted_scores(x[fit], y[fit], x)
             cut = np.quantile(score[fit], 1.0 - share)
             outside = (hc < hc[fit].min()) | (hc > hc[fit].max())
             flagged[~fit] = (score[~fit] > cut) | outside[~fit]
@@ -123,9 +128,7 @@ def in_sample(rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
     what a flag will do on new images (that is :func:`judge`).
     """
     x, y = design(rows, extra)
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
-    beta = ridge_logistic((x - mean) / std, y.astype(float), l2=1.0)
-    score = beta[0] + ((x - mean) / std) @ beta[1:]
+    score = fitted_scores(x, y, x)
     out = []
     for share in SHARES:
         flagged = score > np.quantile(score, 1.0 - share)
@@ -146,9 +149,7 @@ def transfer(rows: list[dict], other: list[dict], extra: tuple[str, ...]) -> lis
     judged = {r["fold"] for r in other}
     rows = [r for r in rows if r["fold"] not in judged]
     (x, y), (xo, yo) = design(rows, extra), design(other, extra)
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
-    beta = ridge_logistic((x - mean) / std, y.astype(float), l2=1.0)
-    score = beta[0] + ((xo - mean) / std) @ beta[1:]
+    score = fitted_scores(x, y, xo)
     hc, hco = np.array([r["hc_mm"] for r in rows]), np.array([r["hc_mm"] for r in other])
     outside = (hco < hc.min()) | (hco > hc.max())
     out = []
