@@ -16,7 +16,11 @@ shipped inputs as ``ln(value + 0.001)``:
 - ``ring_contrast``, ``ring_weak``, ``ring_inside``: how clearly the image shows a skull
   ridge along the fitted ellipse (``benchmarks/skull_ring.py``; no extra pass), entered
   as they are (they are log ratios already). With ``--ring``, only the rows that carry
-  them (those of folds whose maps ``cv_report.py`` scored with them) are judged.
+  them (those of folds whose maps ``cv_report.py`` scored with them) are judged;
+- any column of another per-image table (``--extra-rows CSV --extra-inputs NAME ...``),
+  for example the disagreement between input sizes of ``benchmarks/scale_passes.py``
+  (``scale176x272_rel``: costs one more network pass). Only the images in both tables
+  are judged, the shipped inputs on the same images.
 
 Usage::
 
@@ -179,6 +183,17 @@ def main() -> None:
     ap.add_argument(
         "--ring", action="store_true", help="judge the skull-ridge inputs, on the rows with them"
     )
+    ap.add_argument(
+        "--extra-rows",
+        type=Path,
+        help="per-image rows (with filename and fold) that carry more candidate inputs",
+    )
+    ap.add_argument(
+        "--extra-inputs",
+        nargs="+",
+        default=[],
+        help="columns of --extra-rows to judge, each alone and all together",
+    )
     ap.add_argument("--out", type=Path, help="write the result as JSON here")
     args = ap.parse_args()
     picks = {int(k): v for k, v in json.loads(args.levels.read_text())["picks_by_fold"].items()}
@@ -192,6 +207,13 @@ def main() -> None:
     if args.ring:
         rows = [r for r in rows if all(math.isfinite(r.get(k, math.nan)) for k in RING)]
         candidates += [(k,) for k in RING] + [RING]
+    if args.extra_rows:
+        more = {r["filename"]: r for r in read_per_image_csv(args.extra_rows)[0]}
+        rows = [r | {k: more[r["filename"]][k] for k in args.extra_inputs}
+                for r in rows if r["filename"] in more]  # fmt: skip
+        candidates += [(k,) for k in args.extra_inputs]
+        if len(args.extra_inputs) > 1:
+            candidates.append(tuple(args.extra_inputs))
     rows = banded_rows(rows, picks)
     large = [abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows]
     by_tri = {t: sum(g for g, r in zip(large, rows, strict=True) if r["trimester"] == t)

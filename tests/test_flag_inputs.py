@@ -95,3 +95,29 @@ def test_a_flag_fitted_on_other_folds_is_judged_on_another_recipe(tmp_path) -> N
     assert report["shipped + flip"][1] == {"share": 0.1, "flagged": 3 / 40, "caught": 1.0}
     # Without the flip input every head scores alike: nothing is above the cut.
     assert report["shipped"][1] == {"share": 0.1, "flagged": 0.0, "caught": 0.0}
+
+
+def test_a_column_of_another_table_is_judged_on_the_images_in_both(tmp_path) -> None:
+    module = load()
+    path, extra = tmp_path / "per_image.csv", tmp_path / "scale.csv"
+    write_rows(path, rows())
+    # Another table covers folds 0-1 only (80 images, 8 large errors): there the HC at
+    # another input size lies 10 % away for the large errors and 0.1 % for the rest.
+    write_rows(
+        extra,
+        [
+            {"filename": r["filename"], "fold": r["fold"],
+             "scale176x272_rel": 0.1 if r["hc_ref_mm"] < 195.0 else 0.001}
+            for r in rows() if r["fold"] < 2
+        ],  # fmt: skip
+    )
+    out = tmp_path / "r.json"
+    sys.argv = ["flag_inputs.py", str(path), "--levels", str(write_levels(tmp_path))]
+    sys.argv += ["--extra-rows", str(extra), "--extra-inputs", "scale176x272_rel"]
+    sys.argv += ["--out", str(out)]
+    module.main()
+    report = json.loads(out.read_text())
+    assert report["n"] == 80 and report["large_errors"] == 8
+    at_10 = {name: c[1] for name, c in report["candidates"].items()}
+    assert at_10["shipped + scale176x272_rel"] == {"share": 0.1, "flagged": 0.1, "caught": 1.0}
+    assert at_10["shipped"] == {"share": 0.1, "flagged": 0.0, "caught": 0.0}
