@@ -126,27 +126,36 @@ def check_reference(rows: list[dict], reference: Path) -> str:
 
 
 def report(rows: list[dict], sizes: list[tuple[int, int]], own: tuple[int, int]) -> str:
-    g = np.array([r["prefix"] for r in rows])
-    tri = np.array([r["trimester"] for r in rows])
-    ref = np.array([r["hc_ref_mm"] for r in rows])
-    base = np.abs(np.array([r[f"hc_{tag(own)}_mm"] for r in rows]) - ref)
+    """ADF of each pass and average, paired with the own size, on the images all measured.
+
+    An image where any pass found no head is left out of every row of the table (so
+    that each row is judged on the same images); the count of such images is given
+    per pass.
+    """
     columns = [f"hc_{tag(s)}_mm" for s in [own, *sizes]] + [f"hc_avg_{tag(s)}_mm" for s in sizes]
     if len(sizes) > 1:
         columns.append("hc_avg_all_mm")
+    hc = np.array([[r[c] for c in columns] for r in rows], dtype=float)
+    common = np.isfinite(hc).all(axis=1)
+    g = np.array([r["prefix"] for r in rows])[common]
+    tri = np.array([r["trimester"] for r in rows])[common]
+    adf = np.abs(hc[common] - np.array([r["hc_ref_mm"] for r in rows])[common, None])
     lines = [
-        f"| HC from | ADF (mm) | paired change against {tag(own)} (mm) | "
+        f"{common.sum()} of {len(rows)} images with a head found in every pass.",
+        "",
+        f"| HC from | no head | ADF (mm) | paired change against {tag(own)} (mm) | "
         + " | ".join(f"{t} ADF" for t in TRIMESTERS)
         + " |",
-        "|---|---|---|" + "---|" * len(TRIMESTERS),
+        "|---|---|---|---|" + "---|" * len(TRIMESTERS),
     ]
-    for col in columns:
-        adf = np.abs(np.array([r[col] for r in rows]) - ref)
+    for j, col in enumerate(columns):
         per_tri = " | ".join(
-            f"{np.nanmean(adf[tri == t]):.2f}" if (tri == t).any() else "-" for t in TRIMESTERS
+            f"{adf[tri == t, j].mean():.2f}" if (tri == t).any() else "-" for t in TRIMESTERS
         )
         lines.append(
-            f"| {col.removeprefix('hc_').removesuffix('_mm')} | {fmt(cluster_bootstrap(adf, g))} | "
-            f"{fmt(cluster_bootstrap(adf - base, g), sign=True)} | {per_tri} |"
+            f"| {col.removeprefix('hc_').removesuffix('_mm')} | {(~np.isfinite(hc[:, j])).sum()} | "
+            f"{fmt(cluster_bootstrap(adf[:, j], g))} | "
+            f"{fmt(cluster_bootstrap(adf[:, j] - adf[:, 0], g), sign=True)} | {per_tri} |"
         )
     return "\n".join(lines)
 
