@@ -103,14 +103,12 @@ def test_a_column_of_another_table_is_judged_on_the_images_in_both(tmp_path) -> 
     write_rows(path, rows())
     # Another table covers folds 0-1 only (80 images, 8 large errors): there the HC at
     # another input size lies 10 % away for the large errors and 0.1 % for the rest.
-    write_rows(
-        extra,
-        [
-            {"filename": r["filename"], "fold": r["fold"],
-             "scale176x272_rel": 0.1 if r["hc_ref_mm"] < 195.0 else 0.001}
-            for r in rows() if r["fold"] < 2
-        ],  # fmt: skip
-    )
+    near = [
+        {"filename": r["filename"], "fold": r["fold"],
+         "scale176x272_rel": 0.1 if r["hc_ref_mm"] < 195.0 else 0.001}
+        for r in rows() if r["fold"] < 2
+    ]  # fmt: skip
+    write_rows(extra, near)
     out = tmp_path / "r.json"
     sys.argv = ["flag_inputs.py", str(path), "--levels", str(write_levels(tmp_path))]
     sys.argv += ["--extra-rows", str(extra), "--extra-inputs", "scale176x272_rel"]
