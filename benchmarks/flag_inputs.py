@@ -19,8 +19,8 @@ shipped inputs as ``ln(value + 0.001)``:
   them (those of folds whose maps ``cv_report.py`` scored with them) are judged;
 - any column of another per-image table (``--extra-rows CSV --extra-inputs NAME ...``),
   for example the disagreement between input sizes of ``benchmarks/scale_passes.py``
-  (``scale176x272_rel``: costs one more network pass). Only the images in both tables
-  are judged, the shipped inputs on the same images.
+  (``scale176x272_rel``: costs one more network pass). Only the images in both tables,
+  with every extra input known, are judged, the shipped inputs on the same images.
 
 Usage::
 
@@ -209,8 +209,14 @@ def main() -> None:
         candidates += [(k,) for k in RING] + [RING]
     if args.extra_rows:
         more = {r["filename"]: r for r in read_per_image_csv(args.extra_rows)[0]}
+        known = {name for name, r in more.items()
+                 if all(math.isfinite(r.get(k, math.nan)) for k in args.extra_inputs)}  # fmt: skip
+        print(
+            f"# {len(more) - len(known)} of the {len(more)} images of {args.extra_rows} lack an"
+            f" extra input (no head found in that pass) and are left out"
+        )
         rows = [r | {k: more[r["filename"]][k] for k in args.extra_inputs}
-                for r in rows if r["filename"] in more]  # fmt: skip
+                for r in rows if r["filename"] in known]  # fmt: skip
         candidates += [(k,) for k in args.extra_inputs]
         if len(args.extra_inputs) > 1:
             candidates.append(tuple(args.extra_inputs))
