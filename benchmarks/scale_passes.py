@@ -68,12 +68,16 @@ def banded_hc(prob: np.ndarray, lb: Letterbox, px: float) -> float:
 
 
 def fold_rows(
-    fold_dir: Path, data: str, sizes: list[tuple[int, int]], seconds: dict, limit: int | None
+    fold_dir: Path,
+    ckpt: Checkpoint,
+    data: str,
+    sizes: list[tuple[int, int]],
+    seconds: dict,
+    limit: int | None,
 ) -> list[dict]:
     """Per held-out image of one fold (the first ``limit``): HC of each pass and averaged maps."""
     fold = int(fold_dir.name.removeprefix("fold"))
     cfg = json.loads((fold_dir / "config.json").read_text())
-    ckpt = Checkpoint.load(fold_dir / "final.pt")
     model = ckpt.build().eval()
     split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
     _, held_out = kfold_by_prefix(find_cases(data), cfg["folds"], fold, split_seed)
@@ -176,8 +180,9 @@ def main() -> None:
     own = None
     for fold_dir in sorted(args.runs.glob("fold*")):
         if (fold_dir / "final.pt").exists():
-            own = Checkpoint.load(fold_dir / "final.pt").config.input_hw
-            rows += fold_rows(fold_dir, args.data, args.sizes, seconds, args.limit)
+            ckpt = Checkpoint.load(fold_dir / "final.pt")
+            own = ckpt.config.input_hw
+            rows += fold_rows(fold_dir, ckpt, args.data, args.sizes, seconds, args.limit)
     if not rows or own is None:
         raise SystemExit(f"{args.runs}: no fold with final.pt")
     args.out.mkdir(parents=True, exist_ok=True)
