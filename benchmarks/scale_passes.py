@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from fetalhead.model import Checkpoint
 from fetalhead.postprocess import postprocess
 from fetalhead.predict import fit_by_band
 from fetalhead.readers import read_gray
+from fetalhead.training import TrainConfig
 
 #: The shipped levels by HC band (every fold of the shipped recipe chose them).
 SHIPPED_LEVELS = {"first": 0.55, "second": 0.55, "third": 0.6}
@@ -77,10 +77,9 @@ def fold_rows(
 ) -> list[dict]:
     """Per held-out image of one fold (the first ``limit``): HC of each pass and averaged maps."""
     fold = int(fold_dir.name.removeprefix("fold"))
-    cfg = json.loads((fold_dir / "config.json").read_text())
+    cfg = TrainConfig.from_file(fold_dir / "config.json")
     model = ckpt.build().eval()
-    split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
-    _, held_out = kfold_by_prefix(find_cases(data), cfg["folds"], fold, split_seed)
+    _, held_out = kfold_by_prefix(find_cases(data), cfg.folds, fold, cfg.effective_split_seed)
     own = ckpt.config.input_hw
     rows = []
     with torch.inference_mode():

@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cross_validate import heldout_maps
 
 from fetalhead.model import Checkpoint
+from fetalhead.training import TrainConfig
 from fetalhead.training.checkpoints import average_checkpoints
 
 logger = logging.getLogger("average_weights")
@@ -55,11 +55,12 @@ def average_folds(runs: list[Path], out: Path, data: str) -> None:
             average_files(finals, dest / "final.pt")
         for name in ("log.csv", "config.json"):
             shutil.copy(fold_dir / name, dest / name)
-        cfg = json.loads((fold_dir / "config.json").read_text())
-        split_seed = cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+        cfg = TrainConfig.from_file(fold_dir / "config.json")
         maps = dest / "heldout_maps.npz"
         if not maps.exists():
-            heldout_maps(dest / "final.pt", data, cfg["folds"], cfg["fold"], split_seed, maps)
+            heldout_maps(
+                dest / "final.pt", data, cfg.folds, cfg.fold, cfg.effective_split_seed, maps
+            )
 
 
 def main() -> None:
