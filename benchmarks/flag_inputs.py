@@ -70,6 +70,11 @@ def banded_rows(rows: list[dict], picks: dict[int, dict[str, float]]) -> list[di
     return out
 
 
+def carries(row: dict, names: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``row`` has a finite value for each of ``names``."""
+    return all(math.isfinite(row.get(k, math.nan)) for k in names)
+
+
 def candidate(row: dict, name: str) -> float:
     hc = row["hc_mm"]
     if name == "flip":
@@ -205,12 +210,11 @@ def main() -> None:
         rows = [r | {"pixel_size": px[r["filename"]]} for r in rows]
         candidates.append(("pixel_size",))
     if args.ring:
-        rows = [r for r in rows if all(math.isfinite(r.get(k, math.nan)) for k in RING)]
+        rows = [r for r in rows if carries(r, RING)]
         candidates += [(k,) for k in RING] + [RING]
     if args.extra_rows:
         more = {r["filename"]: r for r in read_per_image_csv(args.extra_rows)[0]}
-        known = {name for name, r in more.items()
-                 if all(math.isfinite(r.get(k, math.nan)) for k in args.extra_inputs)}  # fmt: skip
+        known = {name for name, r in more.items() if carries(r, args.extra_inputs)}
         print(
             f"# {len(more) - len(known)} of the {len(more)} images of {args.extra_rows} lack an"
             f" extra input (no head found in that pass) and are left out"
