@@ -23,15 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
+from fetalhead.measure import Measurement
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
 from nonhead_corpus import HELD_OUT_KINDS, make
 
 OUTCOMES = ("no region", "rejected", "numbers, uncertain_hc", "numbers, no flag")
 
 
-def outcome(m: HeadMeasurer, kind: str, seed: int) -> str:
-    """What the shipped pipeline made of one corpus image."""
-    r = m.measure(make(kind, seed), 0.15, filename=f"{kind}-{seed}")
+def outcome_of(r: Measurement) -> str:
+    """Which of :data:`OUTCOMES` a measurement of a non-head is."""
     if r.hc_mm is not None:
         return "numbers, uncertain_hc" if "uncertain_hc" in r.qc else "numbers, no flag"
     return "no region" if r.head_score is None else "rejected"
@@ -50,7 +50,9 @@ def main() -> None:
     print(f"| kind | images | {' | '.join(OUTCOMES)} |")
     print(f"|---|---|{'---|' * len(OUTCOMES)}")
     for kind in (*HELD_OUT_KINDS, "ultrasound"):
-        counts = Counter(outcome(m, kind, s) for s in seeds)
+        counts = Counter(
+            outcome_of(m.measure(make(kind, s), 0.15, filename=f"{kind}-{s}")) for s in seeds
+        )
         cells = " | ".join(str(counts[o]) for o in OUTCOMES)
         print(f"| {kind} | {len(seeds)} | {cells} |")
 
