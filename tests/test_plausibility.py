@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, MINI
-from fetalhead.data import find_cases
+from conftest import DATA, EXAMPLES, MINI
+from fetalhead.data import find_cases, label_ellipse
 from fetalhead.geometry.ellipse import Ellipse
-from fetalhead.plausibility import FEATURES, HeadRejector, fit_envelope, head_features
+from fetalhead.plausibility import (
+    FEATURES,
+    HCFloor,
+    HeadRejector,
+    fit_envelope,
+    gate_between,
+    head_features,
+)
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
-from nonhead_corpus import make
+from fetalhead.readers import read_gray
+from nonhead_corpus import headless_box, headless_crop, make, zoomed
 
 #: Kinds the shipped envelope rejected on every held-out corpus image (seeds 2000-2019,
 #: src/fetalhead/weights/nonhead_rejector.json). Natural photographs (19 of 20) and other
@@ -119,3 +128,62 @@ def test_envelope_gates_lie_halfway_to_the_typical_non_head() -> None:
     assert HeadRejector.from_dict(rej.to_dict()) == rej
     with pytest.raises(ValueError, match="features"):
         HeadRejector.from_dict({**rej.to_dict(), "features": ["confidence"]})
+
+
+#: Real ultrasound without a head: boxes cut from HC18 test images clear of the head
+#: the shipped pipeline found there (benchmarks/nonhead_crops.py), on which the network
+#: finds a "head" smaller than any HC18 head (tests/data/nonhead_crops/ATTRIBUTION.md).
+CROPS = DATA / "nonhead_crops"
+
+
+def test_a_box_clear_of_the_head() -> None:
+    # The head's ellipse grown 1.2 times spans x 20-380 and y 150-390 of an 800 x 540
+    # scan. Widths 560-440 overlap it; 400 (x 380-779, y 0-269, above its widest row)
+    # is the first that fits: the first such box scanning rows, then columns.
+    img = np.full((540, 800), 100, np.uint8)
+    head = Ellipse(200, 270, 150, 100, 0.0)
+    assert headless_box(img, head) == (380, 0, 400, 270)
+    img[:, 600:] = 0  # dark from x = 600: a 400-wide box there is 55 % inside, too little
+    assert headless_box(img, head) == (380, 0, 360, 243)  # 220 / 360 = 61 % inside
+    assert headless_box(img, Ellipse(400, 270, 300, 200, 0.0)) is None  # the head fills it
+    crop, px, box = headless_crop(img, head, 0.2)
+    assert box == (380, 0, 360, 243) and crop.shape == (540, 800)
+    assert px == pytest.approx(0.2 * 360 / 800)
+
+
+def test_hc_floor_lies_halfway_to_the_typical_small_non_head() -> None:
+    # Real heads from 44.3 mm; non-heads "measured" at 20 and 30 mm lie below: median 25.
+    edge, gate = gate_between(np.array([44.3, 60.0, 300.0]), np.array([20.0, 30.0, 50.0]), "low")
+    assert edge == 44.3 and gate == pytest.approx((44.3 + 25.0) / 2)
+    rej = HeadRejector({"confidence": 0.8}, {"confidence": 0.9}, {}, HCFloor(gate, edge, {}))
+    sharp = {"confidence": 0.95}  # well inside the image gate: margin 1.5
+    assert rej.score(sharp, 44.3) == pytest.approx(1.0)  # at the smallest real head
+    assert rej.is_head(sharp, 35.0) and not rej.is_head(sharp, 34.0)
+    assert rej.score(sharp, None) == pytest.approx(1.5)  # no pixel size: no HC to gate
+    assert HeadRejector.from_dict(rej.to_dict()) == rej
+    assert HeadRejector.from_dict({**rej.to_dict(), "hc_floor": None}).hc_floor is None
+
+
+def test_real_ultrasound_clear_of_the_head_gets_no_numbers(shipped) -> None:
+    # The expert outline says where the head is; what is cut clear of it shows none.
+    cut = 0
+    for c in find_cases(MINI):
+        crop = headless_crop(read_gray(c.image), label_ellipse(c), c.pixel_size_mm)
+        if crop is not None:
+            cut += 1
+            assert_empty(shipped.measure(crop[0], crop[1], filename=c.image.name).to_row())
+    assert cut == 2  # 788_2HC's head leaves no box a quarter of the image wide
+
+
+@pytest.mark.parametrize("name", ["013_HC", "143_HC"])
+def test_a_region_smaller_than_any_head_gets_no_numbers(shipped, name: str) -> None:
+    rows = {r["filename"]: r for r in csv.DictReader(open(CROPS / "crops.csv"))}
+    pixels, px = zoomed(read_gray(CROPS / f"{name}_crop.png"), float(rows[name]["pixel_mm"]))
+    assert_empty(shipped.measure(pixels, px, filename=name).to_row())
+    # Without the gate on HC in mm, the network's region there passes as a head, tinier
+    # than any in HC18 (the smallest is 44.3 mm): that gate is what withholds the number.
+    floor = shipped.rejector.hc_floor
+    unfloored = HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS, backend="torch", tta=False)
+    unfloored.rejector = replace(shipped.rejector, hc_floor=None)
+    r = unfloored.measure(pixels, px, filename=name)
+    assert r.hc_mm is not None and r.hc_mm < floor.gate_mm < 44.3

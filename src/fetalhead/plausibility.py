@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -95,6 +95,30 @@ SIDES = {
 
 
 @dataclass(frozen=True)
+class HCFloor:
+    """A gate on the head's size in mm: below every foetal head of the fitting set.
+
+    Set by the same rule as the image gates, halfway between the smallest reference
+    HC of real heads (``edge_mm``) and the median HC that the pipeline reported for
+    real ultrasound without a head below it (``gate_mm``; ``scripts/fit_hc_floor.py``).
+
+    Attributes:
+        gate_mm: A found head with a smaller HC is rejected.
+        edge_mm: The smallest real head of the fitting set.
+        provenance: How and on what the gate was set, and the measured error rates.
+
+    """
+
+    gate_mm: float
+    edge_mm: float
+    provenance: dict
+
+    def margin(self, hc_mm: float) -> float:
+        """1 at the edge of the real heads, 0 at the gate, negative below it."""
+        return (hc_mm - self.gate_mm) / (abs(self.edge_mm - self.gate_mm) or 1e-9)
+
+
+@dataclass(frozen=True)
 class HeadRejector:
     """An envelope around foetal heads: a found head outside any gate is rejected.
 
@@ -102,52 +126,86 @@ class HeadRejector:
     most extreme foetal head of the fitting set (``edge``) and the median of the
     fitting non-heads beyond that edge (``scripts/fit_nonhead.py``). The score of
     an image is the smallest of its features' margins, each scaled so that 1 is
-    the edge of the heads and 0 the gate: positive inside the envelope.
+    the edge of the heads and 0 the gate: positive inside the envelope. Where the
+    pixel size is known, the HC in mm has a gate too (:class:`HCFloor`).
 
     Attributes:
         gates: Gate value per feature.
         edges: The fitting heads' extreme value per feature.
         provenance: How and on what the gates were set, and the measured error rates.
+        hc_floor: The gate on HC in mm, if fitted.
 
     """
 
     gates: dict[str, float]
     edges: dict[str, float]
     provenance: dict
+    hc_floor: HCFloor | None = None
 
-    def score(self, features: dict[str, float]) -> float:
-        """The smallest scaled margin: > 0 inside the envelope of heads, <= 0 outside."""
+    def score(self, features: dict[str, float], hc_mm: float | None = None) -> float:
+        """The smallest scaled margin: > 0 inside the envelope of heads, <= 0 outside.
+
+        ``hc_mm`` (``None`` where the pixel size is unknown) meets :attr:`hc_floor`.
+        """
         margins = []
         for k, gate in self.gates.items():
             span = abs(self.edges[k] - gate) or 1e-9
             x = features[k]
             margins.append((x - gate) / span if SIDES[k] == "low" else (gate - x) / span)
-        return float(min(margins))
+        if self.hc_floor is not None and hc_mm is not None:
+            margins.append(self.hc_floor.margin(hc_mm))
+        return float(min(margins, default=math.inf))
 
-    def is_head(self, features: dict[str, float]) -> bool:
+    def is_head(self, features: dict[str, float], hc_mm: float | None = None) -> bool:
         """Whether the found head is kept."""
-        return self.score(features) > 0.0
+        return self.score(features, hc_mm) > 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
-        return {
+        out = {
             "features": list(FEATURES),
             "gates": self.gates,
             "edges": self.edges,
             "provenance": self.provenance,
         }
+        if self.hc_floor is not None:
+            out["hc_floor"] = asdict(self.hc_floor)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadRejector:
         """Build from :meth:`to_dict` output; the feature list must match this version's."""
         if tuple(d["features"]) != FEATURES:
             raise ValueError(f"rejector features {d['features']} differ from {list(FEATURES)}")
-        return cls(dict(d["gates"]), dict(d["edges"]), dict(d.get("provenance", {})))
+        floor = d.get("hc_floor")
+        return cls(
+            dict(d["gates"]),
+            dict(d["edges"]),
+            dict(d.get("provenance", {})),
+            None if floor is None else HCFloor(**floor),
+        )
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL) -> HeadRejector:
         """Load a fitted model (default: the shipped one)."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def gate_between(heads: np.ndarray, non_heads: np.ndarray, side: str) -> tuple[float, float] | None:
+    """``(edge, gate)`` of one feature, or ``None`` if no non-head lies beyond the heads.
+
+    ``edge`` is the heads' extreme on ``side`` (``low`` or ``high``); ``gate`` lies
+    halfway from it to the median non-head beyond it.
+    """
+    if side == "low":
+        edge = float(heads.min())
+        beyond = non_heads[non_heads < edge]
+    else:
+        edge = float(heads.max())
+        beyond = non_heads[non_heads > edge]
+    if beyond.size == 0:
+        return None
+    return edge, float(0.5 * (edge + np.median(beyond)))
 
 
 def fit_envelope(heads: np.ndarray, non_heads: np.ndarray) -> tuple[dict, dict]:
@@ -163,14 +221,7 @@ def fit_envelope(heads: np.ndarray, non_heads: np.ndarray) -> tuple[dict, dict]:
     """
     gates, edges = {}, {}
     for j, k in enumerate(FEATURES):
-        if SIDES[k] == "low":
-            edge = float(heads[:, j].min())
-            beyond = non_heads[non_heads[:, j] < edge, j]
-        else:
-            edge = float(heads[:, j].max())
-            beyond = non_heads[non_heads[:, j] > edge, j]
-        if beyond.size == 0:
-            continue  # no non-head lies beyond the heads: this feature gates nothing
-        edges[k] = edge
-        gates[k] = float(0.5 * (edge + np.median(beyond)))
+        found = gate_between(heads[:, j], non_heads[:, j], SIDES[k])
+        if found is not None:  # else no non-head lies beyond the heads: no gate
+            edges[k], gates[k] = found
     return gates, edges

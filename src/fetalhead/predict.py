@@ -344,13 +344,13 @@ class HeadMeasurer:
         if e is not None and contour is not None and conf is not None:
             # One boundary residual serves the non-head check and the interval.
             rms = boundary_rms(e, contour)
+            hc = e.perimeter * px if px is not None else None
             if self.rejector:
-                head_score = self.rejector.score(head_features(image, e, contour, conf, rms))
+                head_score = self.rejector.score(head_features(image, e, contour, conf, rms), hc)
             if head_score is not None and head_score <= 0.0:
                 # Not a foetal head in ultrasound: no ellipse, no measures.
                 e, contour, reasons = None, None, ["no_head_found"]
             else:
-                hc = e.perimeter * px if px is not None else None
                 features = interval_features(e, rms, conf, "touches_border" in reasons, hc)
                 if hc is not None and (self.flag or (self.interval and self.interval.learned)):
                     features |= profile_features(lb.crop(prob), lb.scale, e, self.level)
