@@ -14,13 +14,13 @@ view, over smooth tissue with dark fluid pockets and bright specular lines).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import cv2
 import numpy as np
 
-from fetalhead.geometry.ellipse import Ellipse, render_ellipse_mask
+from fetalhead.geometry.crop import headless_box
+from fetalhead.geometry.ellipse import Ellipse
 
 SHAPE = (540, 800)
 NATURAL = ("camera", "astronaut", "coffee", "chelsea", "coins", "moon", "page", "horse",
@@ -153,55 +153,6 @@ def corpus(seeds: range) -> Iterator[tuple[str, int, np.ndarray]]:
             yield kind, seed, make(kind, seed)
 
 
-def _box_sums(table: np.ndarray, y0: np.ndarray, x0: np.ndarray, bh: int, bw: int) -> np.ndarray:
-    """Sums over bh x bw boxes at corners (y0, x0) of a zero-padded summed-area table."""
-    return table[y0 + bh, x0 + bw] - table[y0, x0 + bw] - table[y0 + bh, x0] + table[y0, x0]
-
-
-def headless_box(
-    image: np.ndarray,
-    head: Ellipse,
-    grow: float = 1.2,
-    aspect: float = SHAPE[1] / SHAPE[0],
-    min_frac: float = 0.25,
-    min_fov: float = 0.6,
-    step: int = 10,
-) -> tuple[int, int, int, int] | None:
-    """The widest box of a real scan that holds no part of its head, or ``None``.
-
-    Other ultrasound content, cut from real foetal-head scans: a box of ``aspect``
-    (width over height, the HC18 images' 800 / 540 by default) that does not touch the
-    head's ellipse grown ``grow`` times about its centre, at least ``min_frac`` of the
-    image wide, with at least ``min_fov`` of its pixels inside the field of view
-    (brighter than 8). Widths are tried from 0.7 of the image width down in steps of
-    0.05 of it; among the boxes of the widest that fits, the one most inside the field of view
-    wins (the first, scanning rows then columns in ``step`` pixels, on a tie).
-
-    Returns:
-        ``(x0, y0, width, height)`` in pixels.
-
-    """
-    h, w = image.shape
-    mask = render_ellipse_mask(
-        Ellipse(head.cx, head.cy, head.a * grow, head.b * grow, head.angle), (h, w)
-    )
-    head_sum = np.pad(mask.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    fov_sum = np.pad((image > 8).astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    for twentieths in range(14, math.ceil(min_frac * 20 - 1e-9) - 1, -1):
-        bw = round(w * twentieths / 20)
-        bh = round(bw / aspect)
-        if bh > h or bh < 1:
-            continue
-        y0 = np.arange(0, h - bh + 1, step)[:, None]
-        x0 = np.arange(0, w - bw + 1, step)[None, :]
-        inside = _box_sums(fov_sum, y0, x0, bh, bw) / (bw * bh)
-        fov = np.where(_box_sums(head_sum, y0, x0, bh, bw) == 0, inside, -1.0)
-        i, j = np.unravel_index(int(np.argmax(fov)), fov.shape)
-        if fov[i, j] >= min_fov:
-            return int(x0[0, j]), int(y0[i, 0]), bw, bh
-    return None
-
-
 def zoomed(pixels: np.ndarray, pixel_mm: float, width: int = SHAPE[1]) -> tuple[np.ndarray, float]:
     """``pixels`` zoomed (bilinear) to ``width`` pixels wide, and the zoomed pixel size in mm.
 
@@ -215,12 +166,13 @@ def zoomed(pixels: np.ndarray, pixel_mm: float, width: int = SHAPE[1]) -> tuple[
 def headless_crop(
     image: np.ndarray, head: Ellipse, pixel_mm: float, width: int = SHAPE[1], **box: float
 ) -> tuple[np.ndarray, float, tuple[int, int, int, int]] | None:
-    """:func:`headless_box`'s box :func:`zoomed` to ``width``: ``(crop, pixel mm, box)``.
+    """``headless_box``'s box :func:`zoomed` to ``width``: ``(crop, pixel mm, box)``.
 
-    ``None`` where no box fits. ``box`` goes to :func:`headless_box`.
+    ``box`` is ``(x0, y0, width, height)``; ``None`` where no box fits. The keyword
+    arguments go to :func:`fetalhead.geometry.crop.headless_box`.
     """
     found = headless_box(image, head, **box)
     if found is None:
         return None
-    x0, y0, bw, bh = found
-    return (*zoomed(image[y0 : y0 + bh, x0 : x0 + bw], pixel_mm, width), found)
+    pixels = image[found.y0 : found.y1, found.x0 : found.x1]
+    return (*zoomed(pixels, pixel_mm, width), (found.x0, found.y0, *found.shape[::-1]))

@@ -1,4 +1,4 @@
-"""The head crop box and the crop samples that teach the second pass."""
+"""The head crop box and the crop samples that teach the second pass; boxes clear of the head."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 
 from conftest import synthetic_scan
 from fetalhead.data import CachedCases, find_cases
-from fetalhead.geometry.crop import CropBox, head_crop_box
+from fetalhead.geometry.crop import CropBox, head_crop_box, headless_box
 from fetalhead.geometry.ellipse import Ellipse
+from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.training.samples import HeadDataset
 
 
@@ -77,3 +78,39 @@ def test_crop_samples_need_the_originals(tmp_path) -> None:
     cache = CachedCases(find_cases(tmp_path), (64, 96))
     with pytest.raises(ValueError, match="keep_originals"):
         HeadDataset(cache, None, crop_fraction=0.5)
+
+
+def test_a_box_clear_of_the_head() -> None:
+    # The head's ellipse grown 1.2 times spans x 20-380 and y 150-390 of an 800 x 540
+    # scan. Widths 560-440 overlap it; 400 (x 380-779, y 0-269, above its widest row)
+    # is the first that fits: the first such box scanning rows, then columns.
+    img = np.full((540, 800), 100, np.uint8)
+    head = Ellipse(200, 270, 150, 100, 0.0)
+    assert headless_box(img, head) == CropBox(380, 0, 780, 270)
+    img[:, 600:] = 0  # dark from x = 600: a 400-wide box there is 55 % inside, too little
+    assert headless_box(img, head) == CropBox(380, 0, 740, 243)  # 220 / 360 = 61 % inside
+    assert headless_box(img, Ellipse(400, 270, 300, 200, 0.0)) is None  # the head fills it
+
+
+def test_negative_samples_show_the_scan_clear_of_the_head(tmp_path) -> None:
+    # Head of radius 100 at x = 200: grown 1.2 times it ends at x = 320, so the widest
+    # box clear of it is 440 x 297 at x = 330 (560 to 480 wide overlap it). A head of
+    # radius 250 in the middle leaves no box: that case keeps its own image and target.
+    # Every pixel is in the field of view (> 8), so the first box found wins.
+    for i, e in enumerate((Ellipse(200, 270, 100, 100, 0.0), Ellipse(400, 270, 250, 250, 0.0))):
+        img, mask = synthetic_scan(e, (540, 800), seed=i)
+        img = np.maximum(img, 9)
+        cv2.imwrite(str(tmp_path / f"{i:03d}_HC.png"), img)
+        cv2.imwrite(str(tmp_path / f"{i:03d}_HC_Mask.png"), mask * 255)
+    cache = CachedCases(find_cases(tmp_path), (192, 288), negatives=True)
+    assert cache.negatives[1] is None
+    ds = HeadDataset(cache, None, negative_fraction=1.0)
+    x, mm, y = ds[0]
+    img = cv2.imread(str(tmp_path / "000_HC.png"), cv2.IMREAD_GRAYSCALE)
+    expected = Letterbox(297, 440, 192, 288).apply(img[0:297, 330:770])
+    assert np.array_equal((x[0].numpy() * 255).round().astype(np.uint8), expected)
+    assert float(y.sum()) == 0.0 and math.isnan(float(mm))
+    x, _, y = ds[1]
+    assert np.array_equal(y[0].numpy(), cache.targets[1]) and float(y.sum()) > 0
+    with pytest.raises(ValueError, match="negatives"):
+        HeadDataset(CachedCases(find_cases(tmp_path), (192, 288)), None, negative_fraction=0.2)

@@ -22,7 +22,7 @@ from fetalhead.plausibility import (
 )
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
 from fetalhead.readers import read_gray
-from nonhead_corpus import headless_box, headless_crop, make, zoomed
+from nonhead_corpus import headless_crop, make, zoomed
 
 #: Kinds the shipped envelope rejected on every held-out corpus image (seeds 2000-2019,
 #: src/fetalhead/weights/nonhead_rejector.json). Natural photographs (19 of 20) and other
@@ -134,21 +134,6 @@ def test_envelope_gates_lie_halfway_to_the_typical_non_head() -> None:
 #: the shipped pipeline found there (benchmarks/nonhead_crops.py), on which the network
 #: finds a "head" smaller than any HC18 head (tests/data/nonhead_crops/ATTRIBUTION.md).
 CROPS = DATA / "nonhead_crops"
-
-
-def test_a_box_clear_of_the_head() -> None:
-    # The head's ellipse grown 1.2 times spans x 20-380 and y 150-390 of an 800 x 540
-    # scan. Widths 560-440 overlap it; 400 (x 380-779, y 0-269, above its widest row)
-    # is the first that fits: the first such box scanning rows, then columns.
-    img = np.full((540, 800), 100, np.uint8)
-    head = Ellipse(200, 270, 150, 100, 0.0)
-    assert headless_box(img, head) == (380, 0, 400, 270)
-    img[:, 600:] = 0  # dark from x = 600: a 400-wide box there is 55 % inside, too little
-    assert headless_box(img, head) == (380, 0, 360, 243)  # 220 / 360 = 61 % inside
-    assert headless_box(img, Ellipse(400, 270, 300, 200, 0.0)) is None  # the head fills it
-    crop, px, box = headless_crop(img, head, 0.2)
-    assert box == (380, 0, 360, 243) and crop.shape == (540, 800)
-    assert px == pytest.approx(0.2 * 360 / 800)
 
 
 def test_hc_floor_lies_halfway_to_the_typical_small_non_head() -> None:

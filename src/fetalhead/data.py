@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from fetalhead.geometry.crop import headless_box
 from fetalhead.geometry.ellipse import (
     Ellipse,
     find_head_contour,
@@ -237,6 +238,7 @@ class CachedCases:
         size_hw: tuple[int, int],
         keep_aspect: bool = True,
         keep_originals: bool = False,
+        negatives: bool = False,
     ) -> None:
         self.cases = cases
         self.size_hw = size_hw
@@ -249,6 +251,10 @@ class CachedCases:
         self.mm_per_pixel: list[float] = []
         #: Original images and reference ellipses (only with ``keep_originals``, for crops).
         self.originals: list[tuple[NDArray[np.uint8], Ellipse]] = []
+        #: With ``negatives``: each case's box clear of its head
+        #: (:func:`~fetalhead.geometry.crop.headless_box`) letterboxed into the network
+        #: input, or ``None`` where no box fits.
+        self.negatives: list[NDArray[np.uint8] | None] = []
         for case in cases:
             img = read_gray(case.image)
             self.shapes.append((img.shape[0], img.shape[1]))
@@ -261,6 +267,15 @@ class CachedCases:
             self.targets.append(target)
             if keep_originals:
                 self.originals.append((img, ref))
+            if negatives:
+                box = headless_box(img, ref)
+                self.negatives.append(
+                    None
+                    if box is None
+                    else Letterbox(*box.shape, *size_hw, keep_aspect).apply(
+                        img[box.y0 : box.y1, box.x0 : box.x1]
+                    )
+                )
 
     def __len__(self) -> int:
         return len(self.cases)

@@ -71,6 +71,10 @@ class TrainConfig:
             head at a random margin (see :class:`fetalhead.training.samples.HeadDataset`),
             which teaches the network the second pass of a two-pass measurer
             (``refine``). 0: whole images only.
+        negative_fraction: Share of training samples that are, where the image has one,
+            a box of the scan clear of the reference head
+            (:func:`fetalhead.geometry.crop.headless_box`) with an empty target: real
+            ultrasound without a head, a hard negative. 0: none.
         scale_range: Range of the random zoom of the augmentation (applied to 70 % of
             samples with the rotation and shift); below 1 shrinks the head.
         init_weights: Start from this checkpoint's weights (fine-tuning). Its
@@ -116,6 +120,7 @@ class TrainConfig:
     init_weights: str | None = None
     deep_supervision: bool = False
     crop_fraction: float = 0.0
+    negative_fraction: float = 0.0
     scale_range: tuple[float, float] = (0.85, 1.15)
     ema_decay: float | None = None
     scale_input: bool = False
@@ -136,8 +141,12 @@ class TrainConfig:
         self.scale_range = (lo, hi)
         if not 0.0 <= self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in [0, 1], got {self.crop_fraction}")
-        if self.scale_input and self.crop_fraction > 0:
-            raise ValueError("scale_input with crop_fraction > 0 is not supported")
+        if not 0.0 <= self.negative_fraction < 1.0:
+            raise ValueError(f"negative_fraction must be in [0, 1), got {self.negative_fraction}")
+        if self.scale_input and (self.crop_fraction > 0 or self.negative_fraction > 0):
+            raise ValueError(
+                "scale_input with crop_fraction > 0 or negative_fraction > 0 is not supported"
+            )
         if self.scale_input and self.ema_decay is not None:
             raise ValueError("scale_input with ema_decay is not supported")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

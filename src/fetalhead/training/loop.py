@@ -192,7 +192,9 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
         raise ValueError(f"{cfg.data}: no training cases after the split")
     logger.info("%d train / %d val cases (split by scan prefix)", len(train_cases), len(val_cases))
     hw = (cfg.image_h, cfg.image_w)
-    train_cache = CachedCases(train_cases, hw, cfg.keep_aspect, cfg.crop_fraction > 0)
+    train_cache = CachedCases(
+        train_cases, hw, cfg.keep_aspect, cfg.crop_fraction > 0, cfg.negative_fraction > 0
+    )
     val_cache = CachedCases(val_cases, hw, cfg.keep_aspect)
 
     _seed_all(cfg.seed)
@@ -205,7 +207,9 @@ def _prepare(cfg: TrainConfig, device: torch.device, info: DistInfo) -> _Run:
         if cfg.augment
         else None
     )
-    train_ds = HeadDataset(train_cache, augment, cfg.crop_fraction)
+    train_ds = HeadDataset(
+        train_cache, augment, cfg.crop_fraction, negative_fraction=cfg.negative_fraction
+    )
     sampler: DistributedSampler | WeightedEpochSampler
     if cfg.balance_trimesters:
         sampler = WeightedEpochSampler(

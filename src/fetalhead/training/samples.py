@@ -102,6 +102,11 @@ class HeadDataset(Dataset):
     ``crop_shift`` of the box, letterboxed into the network input: the head at
     nearly one scale whatever its size, as the second pass of a two-pass
     measurer sees it, with the jitter of a first pass's ellipse.
+
+    With ``negative_fraction > 0`` (the cache must hold its negatives), that share of
+    the samples is instead the case's box clear of its head
+    (:func:`fetalhead.geometry.crop.headless_box`: real ultrasound, zoomed, showing no
+    head) with an empty target, where the case has one: a hard negative.
     """
 
     def __init__(
@@ -111,14 +116,18 @@ class HeadDataset(Dataset):
         crop_fraction: float = 0.0,
         crop_margin: tuple[float, float] = (1.1, 1.8),
         crop_shift: float = 0.08,
+        negative_fraction: float = 0.0,
     ) -> None:
         if crop_fraction > 0 and len(cache.originals) != len(cache):
             raise ValueError("head crops need a cache built with keep_originals=True")
+        if negative_fraction > 0 and len(cache.negatives) != len(cache):
+            raise ValueError("negatives need a cache built with negatives=True")
         self.cache = cache
         self.augment = augment
         self.crop_fraction = crop_fraction
         self.crop_margin = crop_margin
         self.crop_shift = crop_shift
+        self.negative_fraction = negative_fraction
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -136,7 +145,15 @@ class HeadDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image, mm per network pixel, target)``; a zoom of z divides the pixel size by z."""
         mm = self.cache.mm_per_pixel[i]
-        if self.crop_fraction > 0 and np.random.random() < self.crop_fraction:
+        negative = (
+            self.cache.negatives[i]
+            if self.negative_fraction > 0 and np.random.random() < self.negative_fraction
+            else None
+        )
+        if negative is not None:
+            img, target = negative, np.zeros(negative.shape, np.float32)
+            mm = float("nan")  # another scale
+        elif self.crop_fraction > 0 and np.random.random() < self.crop_fraction:
             img, target = self._crop_sample(i)
             mm = float("nan")  # another scale; crops are not combined with a scale input
         else:
