@@ -22,13 +22,12 @@ import math
 from pathlib import Path
 
 import torch
-from cv_report import case_row, metric_columns
+from cv_report import case_row, held_out_cases, metric_columns
 
-from fetalhead.data import find_cases, kfold_by_prefix, label_ellipse
+from fetalhead.data import label_ellipse
 from fetalhead.model import Checkpoint
 from fetalhead.predict import HeadMeasurer
 from fetalhead.readers import read_gray
-from fetalhead.training import TrainConfig
 
 COLUMNS = (
     "filename", "prefix", "fold", "hc_ref_mm", "trimester", "pass1_hc_mm", "refined",
@@ -38,9 +37,7 @@ COLUMNS = (
 
 def fold_rows(data: str, fold_dir: Path, level: float) -> list[dict]:
     """Two-pass and first-pass results of one fold's held-out images."""
-    cfg = TrainConfig.from_file(fold_dir / "config.json")
-    fold = int(fold_dir.name.removeprefix("fold"))
-    _, held_out = kfold_by_prefix(find_cases(data), cfg.folds, fold, cfg.effective_split_seed)
+    fold, held_out = held_out_cases(fold_dir, data)
     ckpt = Checkpoint.load(fold_dir / "final.pt")
     measurer = HeadMeasurer(ckpt, backend="torch", tta=False, reject_non_heads=False, refine=False)
     measurer.level = level

@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 from skull_ring import ring_features
 
-from fetalhead.data import Case, find_cases, label_ellipse
+from fetalhead.data import Case, find_cases, kfold_by_prefix, label_ellipse
 from fetalhead.evaluate import ellipse_dice, hausdorff_ellipses
 from fetalhead.geometry.ellipse import Ellipse, boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.postprocess import postprocess
 from fetalhead.readers import read_gray
+from fetalhead.training import TrainConfig
 from fetalhead.uncertainty import (
     LARGE_ERROR_MM,
     band_of,
@@ -97,6 +98,16 @@ def metric_columns(
     if e is None:
         return {f"{prefix}_{k}": math.nan for k in ("hc_mm", "df_mm", "dsc", "hd_mm")}
     return {f"{prefix}_{k}": v for k, v in ellipse_metrics(e, case, ref, shape).items()}
+
+
+def held_out_cases(fold_dir: Path, data: str | Path) -> tuple[int, list[Case]]:
+    """``(fold, cases)``: the cases of ``data`` that a fold's run (``runs/NAME/foldK``) held out.
+
+    The split is the run's own: its ``config.json`` read by ``TrainConfig.from_file``.
+    """
+    cfg = TrainConfig.from_file(fold_dir / "config.json")
+    fold = int(fold_dir.name.removeprefix("fold"))
+    return fold, kfold_by_prefix(find_cases(data), cfg.folds, fold, cfg.effective_split_seed)[1]
 
 
 def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:

@@ -2,13 +2,13 @@
 
 The other non-head benchmarks use generated images. This one cuts the content from
 real scans: from each HC18 image, the widest box of the 800 / 540 aspect that keeps
-clear of the head's ellipse grown 1.2 times (``tests/nonhead_corpus.py``'s
-``headless_box``: maternal tissue, placenta, the foetal trunk and limbs, fluid),
-zoomed to 800 pixels wide with its pixel size divided by the zoom, as a sonographer's
-zoom would show it. Each crop is measured with the shipped weights and defaults (as
-``fetalhead predict``) and counted as in ``benchmarks/nonhead_scans.py``: no region
-found, region rejected by the envelope of heads (both ``no_head_found``, no numbers),
-or numbers with or without the ``uncertain_hc`` flag.
+clear of the head's ellipse grown 1.2 times (``fetalhead.geometry.crop.headless_box``:
+maternal tissue, placenta, the foetal trunk and limbs, fluid), zoomed to 800 pixels wide
+with its pixel size divided by the zoom, as a sonographer's zoom would show it. Each
+crop is measured with the shipped weights and defaults (as ``fetalhead predict``) and
+counted as in ``benchmarks/nonhead_scans.py``: no region found, region rejected by the
+envelope of heads (both ``no_head_found``, no numbers), or numbers with or without the
+``uncertain_hc`` flag.
 
 Where the head is comes from the expert outline (``--head reference``: the training
 set, whose images the shipped weights were trained on, though never on these crops
@@ -19,11 +19,13 @@ head gives no crop).
 With ``--without-hc-floor`` the envelope's gate on HC in mm is left out: the crops'
 HCs measured so are what ``scripts/fit_hc_floor.py`` fits that gate on.
 
-Usage::
+Usage (the rows committed in ``benchmarks/results/nonhead_crops``; without the gate
+first, then with it)::
 
     python benchmarks/nonhead_crops.py ../shared/data/hc18/training_set \\
         --pixel-size-csv ../shared/data/hc18/training_set_pixel_size_and_HC.csv \\
-        --head reference --out benchmarks/results/nonhead_crops/training_set.csv
+        --head reference --without-hc-floor \\
+        --out benchmarks/results/nonhead_crops/training_set_before_floor.csv
     python benchmarks/nonhead_crops.py ../shared/data/hc18/test_set \\
         --pixel-size-csv ../shared/data/hc18/test_set_pixel_size.csv \\
         --head predicted --out benchmarks/results/nonhead_crops/test_set.csv
@@ -41,6 +43,7 @@ from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
+from cv_report import held_out_cases
 from nonhead_scans import OUTCOMES, outcome_of
 
 from fetalhead.data import find_cases, label_ellipse
@@ -55,11 +58,24 @@ FIELDS = ("filename", "box", "crop_pixel_mm", "outcome", "hc_mm", "qc", "head_sc
 
 
 def heads(
-    folder: Path, pixel_csv: Path, source: HeadSource, m: HeadMeasurer
+    folder: Path,
+    pixel_csv: Path,
+    source: HeadSource,
+    m: HeadMeasurer,
+    held_out_of: Path | None = None,
 ) -> list[tuple[Path, float, Ellipse | None]]:
-    """``(image, pixel size, head ellipse)`` of each image, the ellipse from ``source``."""
+    """``(image, pixel size, head ellipse)`` of each image, the ellipse from ``source``.
+
+    With ``held_out_of`` (a fold's run folder; reference ellipses only), only the images
+    that fold held out.
+    """
     if source == "reference":
-        return [(c.image, c.pixel_size_mm, label_ellipse(c)) for c in find_cases(folder, pixel_csv)]
+        cases = (
+            held_out_cases(held_out_of, folder)[1] if held_out_of else find_cases(folder, pixel_csv)
+        )
+        return [(c.image, c.pixel_size_mm, label_ellipse(c)) for c in cases]
+    if held_out_of:
+        raise SystemExit("--held-out-of needs --head reference")
     table = read_pixel_size_csv(pixel_csv)
     out = []
     for path in sorted(folder.glob("*.png")):
@@ -118,6 +134,13 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--out", type=Path, help="per-crop CSV to write")
     ap.add_argument(
+        "--held-out-of",
+        type=Path,
+        metavar="FOLD_RUN",
+        help="only the images this fold's run (runs/NAME/foldK) held out; with --weights "
+        "its final.pt, a fold model on images it never saw",
+    )
+    ap.add_argument(
         "--without-hc-floor",
         action="store_true",
         help="leave out the envelope's gate on HC in mm (to measure what it is fitted on)",
@@ -126,7 +149,8 @@ def main() -> None:
     m = HeadMeasurer.from_pretrained(args.weights)
     if args.without_hc_floor and m.rejector is not None:
         m.rejector = replace(m.rejector, hc_floor=None)
-    rows = crop_rows(heads(args.folder, args.pixel_size_csv, args.head, m), m)
+    items = heads(args.folder, args.pixel_size_csv, args.head, m, args.held_out_of)
+    rows = crop_rows(items, m)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:

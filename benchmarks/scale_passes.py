@@ -33,15 +33,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from cv_report import TRIMESTERS, case_row, cluster_bootstrap, fmt, read_per_image_csv
+from cv_report import (
+    TRIMESTERS,
+    case_row,
+    cluster_bootstrap,
+    fmt,
+    held_out_cases,
+    read_per_image_csv,
+)
 
-from fetalhead.data import find_cases, kfold_by_prefix
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.model import Checkpoint
 from fetalhead.postprocess import postprocess
 from fetalhead.predict import fit_by_band
 from fetalhead.readers import read_gray
-from fetalhead.training import TrainConfig
 
 #: The shipped levels by HC band (every fold of the shipped recipe chose them).
 SHIPPED_LEVELS = {"first": 0.55, "second": 0.55, "third": 0.6}
@@ -76,10 +81,8 @@ def fold_rows(
     limit: int | None,
 ) -> list[dict]:
     """Per held-out image of one fold (the first ``limit``): HC of each pass and averaged maps."""
-    fold = int(fold_dir.name.removeprefix("fold"))
-    cfg = TrainConfig.from_file(fold_dir / "config.json")
+    fold, held_out = held_out_cases(fold_dir, data)
     model = ckpt.build().eval()
-    _, held_out = kfold_by_prefix(find_cases(data), cfg.folds, fold, cfg.effective_split_seed)
     own = ckpt.config.input_hw
     rows = []
     with torch.inference_mode():
