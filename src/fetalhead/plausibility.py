@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -83,9 +84,12 @@ def head_features(
     }
 
 
+#: The suspicious side of a feature.
+Side = Literal["low", "high"]
+
 #: Which side of each feature a non-head falls on: ``low`` values are suspicious for
 #: confidence, speckle and grey levels, ``high`` ones for the fit residual and flatness.
-SIDES = {
+SIDES: dict[str, Side] = {
     "confidence": "low",
     "log_fit_residual": "high",
     "speckle": "low",
@@ -191,7 +195,9 @@ class HeadRejector:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def gate_between(heads: np.ndarray, non_heads: np.ndarray, side: str) -> tuple[float, float] | None:
+def gate_between(
+    heads: np.ndarray, non_heads: np.ndarray, side: Side
+) -> tuple[float, float] | None:
     """``(edge, gate)`` of one feature, or ``None`` if no non-head lies beyond the heads.
 
     ``edge`` is the heads' extreme on ``side`` (``low`` or ``high``); ``gate`` lies
