@@ -40,12 +40,13 @@ def outcome_of(r: Measurement) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", nargs=2, type=int, default=(2000, 2040), metavar=("FROM", "TO"))
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     args = ap.parse_args()
-    m = HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS)
+    m = HeadMeasurer.from_pretrained(args.weights)
     seeds = range(*args.seeds)
     print(
-        f"# nonhead_scans: seeds {seeds.start}-{seeds.stop - 1}, shipped weights and "
-        f"defaults ({m.backend.name}, TTA {'on' if m.tta else 'off'})\n"
+        f"# nonhead_scans: seeds {seeds.start}-{seeds.stop - 1}, {args.weights.name} with "
+        f"its defaults ({m.backend.name}, TTA {'on' if m.tta else 'off'})\n"
     )
     print(f"| kind | images | {' | '.join(OUTCOMES)} |")
     print(f"|---|---|{'---|' * len(OUTCOMES)}")

@@ -431,6 +431,10 @@ def test_scale_range_is_checked_and_read_from_yaml(tmp_path) -> None:
         TrainConfig(scale_range=(1.2, 0.9))
     with pytest.raises(ValueError, match="crop_fraction"):
         TrainConfig(crop_fraction=1.5)
+    cfg.write_text("negative_fraction: 0.3\n")
+    assert TrainConfig.from_file(cfg).negative_fraction == 0.3
+    with pytest.raises(ValueError, match="negative_fraction"):
+        TrainConfig(negative_fraction=1.0)  # nothing but negatives teaches no head
 
 
 def test_weight_average_is_saved_beside_the_last_weights_and_resumes_exactly(
@@ -506,6 +510,14 @@ def test_samples_carry_mm_per_network_pixel_divided_by_the_zoom(synth) -> None:
     assert x.shape == y.shape == (1, 64, 96) and float(mm) == pytest.approx(expected)
     zoom = A.Compose([A.Affine(scale=2.0, p=1.0)], save_applied_params=True)
     assert float(HeadDataset(cache, zoom)[0][1]) == pytest.approx(expected / 2)
+
+
+def test_hard_negatives_train_and_are_recorded(synth, tmp_path) -> None:
+    # The dataset refuses negatives from a cache built without them, so a run that
+    # finishes had its cache's boxes clear of the head built.
+    cfg = dataclasses.replace(tiny_config(synth, tmp_path / "n", epochs=1), negative_fraction=0.5)
+    train(cfg)
+    assert Checkpoint.load(tmp_path / "n" / "final.pt").meta["recipe"]["negative_fraction"] == 0.5
 
 
 def test_scale_input_trains_and_its_checkpoint_needs_the_pixel_size(synth, tmp_path) -> None:
