@@ -22,6 +22,8 @@ then stores in the checkpoint's ``meta``:
 - ``cross_validation``: the folds' accuracy and the paired TTA difference, which
   decide ``inference.tta`` (on only if TTA lowered ADF by at least 0.1 mm); with
   ``--recipes``, also the training recipes compared pair by pair on the same folds;
+- with ``--evidence KEY=JSON`` (repeatable), other benchmarks' results as
+  ``cross_validation[KEY]``;
 - with ``--level-by-band``, ``inference.level_by_band``: the boundary level of each HC
   band that ``benchmarks/level_by_band.py`` chose on the folds, and its nested
   cross-validation as ``cross_validation.level_by_band``.
@@ -141,6 +143,15 @@ def main() -> None:
         help="the HC interval's difficulty scale (fetalhead.uncertainty.fit_interval)",
     )
     ap.add_argument(
+        "--evidence",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="another benchmark's JSON result, stored as cross_validation[KEY] (for "
+        "example how a recipe change compares on the same folds, or how this calibration "
+        "carries over to it); repeatable",
+    )
+    ap.add_argument(
         "--evaluation",
         type=Path,
         help="a 'fetalhead evaluate' output folder of these weights with the settings "
@@ -203,6 +214,11 @@ def main() -> None:
             f"these weights' scores on {len(scores)} unlabelled images of "
             f"{args.threshold_images} (the {1 - FLAG_SHARE:.0%} quantile)"
         )
+    for item in args.evidence:
+        key, sep, path = item.partition("=")
+        if not (sep and key and path):
+            ap.error(f"--evidence wants KEY=JSON, got {item!r}")
+        ck.meta["cross_validation"][key] = {"source": path, **json.loads(Path(path).read_text())}
     if args.evaluation:
         summary = json.loads((args.evaluation / "summary.json").read_text())
         ck.meta["evaluation"] = weights_evaluation(summary)
