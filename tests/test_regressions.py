@@ -11,6 +11,7 @@ import logging
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ from fetalhead.data import Case, find_cases
 from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.image import InputError
 from fetalhead.model import Checkpoint, ModelConfig, ResUNet
+from fetalhead.plausibility import HCFloor
 from fetalhead.predict import HeadMeasurer
 from fetalhead.readers import read_image
 from test_dicom import make_dicom, region
@@ -94,6 +96,24 @@ def test_overlapping_regions_of_different_spacing_are_flagged(tmp_path) -> None:
     )
     r = ring_measurer().measure(read_image(p)[0], filename="us.dcm")
     assert "ambiguous_regions" in r.qc.split(";")
+
+
+def test_the_hc_gate_judges_the_head_at_its_own_region_spacing(tmp_path) -> None:
+    # The head of the test above: HC 85.085 mm at its region's spacing, but
+    # pi (3 (6 + 5) - sqrt((18 + 5) (6 + 15))) = 34.63 mm at the largest region's 0.1 mm
+    # pixels, where the first pass measures it. A gate on HC at 60 mm must keep it, one
+    # at 90 mm drop it (the gate once judged the first pass and dropped it at 36 mm).
+    e = Ellipse(330, 135, 60, 50, 0.0)
+    p = two_region_dicom(
+        tmp_path, e, [region(0, 0, 259, 269, 0.01, 0.01), region(260, 0, 399, 269, 0.02, 0.03)]
+    )
+    m = ring_measurer()
+    m.rejector = replace(m.rejector, hc_floor=HCFloor(60.0, 70.0, {}))
+    r = m.measure(read_image(p)[0], filename="us.dcm")
+    assert r.hc_mm == pytest.approx(85.085, rel=0.01) and r.qc == "ok"
+    m.rejector = replace(m.rejector, hc_floor=HCFloor(90.0, 100.0, {}))
+    r = m.measure(read_image(p)[0], filename="us.dcm")
+    assert r.hc_mm is None and r.qc == "no_head_found" and r.head_score < 0
 
 
 # --- 2. Any CSV in the folder was taken as the pixel-size table ---------------------------

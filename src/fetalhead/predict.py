@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,14 @@ class HeadMeasurer:
         images: list[NDArray[np.uint8]],
         pixel_sizes_mm: list[float | None],
         filenames: list[str] | None = None,
+        *,
+        hc_gate: bool = True,
     ) -> list[Measurement]:
-        """Measure several grayscale images in one network batch."""
+        """Measure several grayscale images in one network batch.
+
+        ``hc_gate=False`` leaves the non-head envelope's gate on HC in mm to the caller
+        (:meth:`measure_frames`, whose DICOM regions may change the spacing).
+        """
         names = filenames or [f"image_{i}" for i in range(len(images))]
         if not images:
             return []
@@ -281,7 +288,30 @@ class HeadMeasurer:
         ]
         if self.refine:
             self.refine_in_place(images, results)
-        return results
+        return [self._hc_gate(m) for m in results] if hc_gate else results
+
+    def _hc_gate(self, m: Measurement) -> Measurement:
+        """Drop a head smaller than every foetal head the envelope knows, at its final spacing.
+
+        The envelope's gate on HC in mm (:class:`~fetalhead.plausibility.HCFloor`) joins
+        ``head_score``; at or below 0 the head gets ``no_head_found`` and no measures.
+        """
+        floor = self.rejector.hc_floor if self.rejector else None
+        hc = m.hc_mm
+        if floor is None or hc is None or m.head_score is None:
+            return m
+        score = min(m.head_score, floor.margin(hc))
+        if score > 0.0:
+            return replace(m, head_score=score)
+        return replace(
+            m,
+            qc="no_head_found",
+            ellipse=None,
+            contour=None,
+            head_score=score,
+            hc_rel_halfwidth=None,
+            flag_score=None,
+        )
 
     def refine_in_place(self, images: list[NDArray[np.uint8]], results: list[Measurement]) -> None:
         """Second pass: re-measure each found head on a crop around it, in place.
@@ -344,13 +374,14 @@ class HeadMeasurer:
         if e is not None and contour is not None and conf is not None:
             # One boundary residual serves the non-head check and the interval.
             rms = boundary_rms(e, contour)
-            hc = e.perimeter * px if px is not None else None
             if self.rejector:
-                head_score = self.rejector.score(head_features(image, e, contour, conf, rms), hc)
+                # The gate on HC in mm waits for the final spacing (_hc_gate).
+                head_score = self.rejector.score(head_features(image, e, contour, conf, rms))
             if head_score is not None and head_score <= 0.0:
                 # Not a foetal head in ultrasound: no ellipse, no measures.
                 e, contour, reasons = None, None, ["no_head_found"]
             else:
+                hc = e.perimeter * px if px is not None else None
                 features = interval_features(e, rms, conf, "touches_border" in reasons, hc)
                 if hc is not None and (self.flag or (self.interval and self.interval.learned)):
                     features |= profile_features(lb.crop(prob), lb.scale, e, self.level)
@@ -392,7 +423,7 @@ class HeadMeasurer:
             square_pixels(f.pixels, s, n) for f, s, n in zip(frames, spacings, names, strict=True)
         ]
         results = self.measure_batch(
-            [p for p, _, _ in squared], [px for _, px, _ in squared], names
+            [p for p, _, _ in squared], [px for _, px, _ in squared], names, hc_gate=False
         )
         out = []
         for f, s, n, (_, _, row_scale), m in zip(
@@ -400,6 +431,7 @@ class HeadMeasurer:
         ):
             if s.source == "dicom-region" and f.regions and m.contour is not None:
                 m = self._in_head_region(f, s, n, m, row_scale)
+            m = self._hc_gate(m)
             m.frame, m.n_frames, m.pixel_size_source = f.frame, f.n_frames, s.source
             out.append(m)
         return out
@@ -414,7 +446,7 @@ class HeadMeasurer:
             s = ResolvedSpacing(found.region.spacing_mm, "dicom-region", found.region)
             logger.info("%s: head lies in a region of %s mm pixels", name, s.spacing_mm)
             pixels, px, row_scale = square_pixels(f.pixels, s, name)
-            m = self.measure_batch([pixels], [px], [name])[0]
+            m = self.measure_batch([pixels], [px], [name], hc_gate=False)[0]
             if m.contour is not None:
                 found = region_of_head(f.regions, m.contour / np.array([1.0, row_scale]))
         m.add_qc(*found.reasons)
