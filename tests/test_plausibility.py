@@ -140,11 +140,10 @@ def test_hc_floor_lies_halfway_to_the_typical_small_non_head() -> None:
     # Real heads from 44.3 mm; non-heads "measured" at 20 and 30 mm lie below: median 25.
     edge, gate = gate_between(np.array([44.3, 60.0, 300.0]), np.array([20.0, 30.0, 50.0]), "low")
     assert edge == 44.3 and gate == pytest.approx((44.3 + 25.0) / 2)
-    rej = HeadRejector({"confidence": 0.8}, {"confidence": 0.9}, {}, HCFloor(gate, edge, {}))
-    sharp = {"confidence": 0.95}  # well inside the image gate: margin 1.5
-    assert rej.score(sharp, 44.3) == pytest.approx(1.0)  # at the smallest real head
-    assert rej.is_head(sharp, 35.0) and not rej.is_head(sharp, 34.0)
-    assert rej.score(sharp, None) == pytest.approx(1.5)  # no pixel size: no HC to gate
+    floor = HCFloor(gate, edge, {})
+    assert floor.margin(44.3) == pytest.approx(1.0)  # at the smallest real head
+    assert floor.margin(35.0) > 0 > floor.margin(34.0)
+    rej = HeadRejector({"confidence": 0.8}, {"confidence": 0.9}, {}, floor)
     assert HeadRejector.from_dict(rej.to_dict()) == rej
     assert HeadRejector.from_dict({**rej.to_dict(), "hc_floor": None}).hc_floor is None
 

@@ -131,7 +131,7 @@ class HeadRejector:
     fitting non-heads beyond that edge (``scripts/fit_nonhead.py``). The score of
     an image is the smallest of its features' margins, each scaled so that 1 is
     the edge of the heads and 0 the gate: positive inside the envelope. Where the
-    pixel size is known, the HC in mm has a gate too (:class:`HCFloor`).
+    pixel size is known, the HC in mm has a gate too (:class:`HCFloor`, applied apart).
 
     Attributes:
         gates: Gate value per feature.
@@ -146,23 +146,22 @@ class HeadRejector:
     provenance: dict
     hc_floor: HCFloor | None = None
 
-    def score(self, features: dict[str, float], hc_mm: float | None = None) -> float:
-        """The smallest scaled margin: > 0 inside the envelope of heads, <= 0 outside.
+    def score(self, features: dict[str, float]) -> float:
+        """The smallest scaled margin of the image gates: > 0 inside the envelope of heads.
 
-        ``hc_mm`` (``None`` where the pixel size is unknown) meets :attr:`hc_floor`.
+        :attr:`hc_floor` is applied apart, once the pixel size is final
+        (``HeadMeasurer``), its margin joining this score.
         """
         margins = []
         for k, gate in self.gates.items():
             span = abs(self.edges[k] - gate) or 1e-9
             x = features[k]
             margins.append((x - gate) / span if SIDES[k] == "low" else (gate - x) / span)
-        if self.hc_floor is not None and hc_mm is not None:
-            margins.append(self.hc_floor.margin(hc_mm))
         return float(min(margins, default=math.inf))
 
-    def is_head(self, features: dict[str, float], hc_mm: float | None = None) -> bool:
-        """Whether the found head is kept."""
-        return self.score(features, hc_mm) > 0.0
+    def is_head(self, features: dict[str, float]) -> bool:
+        """Whether the found head is kept by the image gates."""
+        return self.score(features) > 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
