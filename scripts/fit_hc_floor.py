@@ -26,6 +26,7 @@ import csv
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +35,22 @@ from fetalhead.plausibility import HCFloor, HeadRejector, gate_between
 from fetalhead.readers.tables import read_pixel_size_csv
 
 
-def column(path: Path, name: str) -> list[tuple[str, float]]:
-    """``(filename, value)`` of each row of a CSV with a finite ``name``."""
-    out = []
+def rows_of(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV."""
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                v = float(row.get(name) or "nan")
-            except ValueError:
-                continue
-            if math.isfinite(v):
-                out.append((row["filename"], v))
+        return list(csv.DictReader(f))
+
+
+def finite(rows: list[dict[str, str]], name: str) -> list[tuple[str, float]]:
+    """``(filename, value)`` of each row with a finite number in column ``name``."""
+    out = []
+    for row in rows:
+        try:
+            v = float(row.get(name) or "nan")
+        except ValueError:
+            continue
+        if math.isfinite(v):
+            out.append((row["filename"], v))
     return out
 
 
@@ -59,15 +65,14 @@ def main() -> None:
     args = ap.parse_args()
 
     heads = np.array(list(read_pixel_size_csv(args.reference_csv).hc_mm.values()))
-    crops = column(args.crops, "hc_mm")
+    crops = finite(rows_of(args.crops), "hc_mm")
     found = gate_between(heads, np.array([v for _, v in crops]), "low")
     if found is None:
         sys.exit("no crop was given an HC below the smallest real head: no gate to fit")
     edge, gate = found
-    judged = column(args.judge_crops, "hc_mm")
-    with args.judge_crops.open(newline="") as f:
-        judge_rows = list(csv.DictReader(f))
-    held_heads = column(args.judge_heads, args.head_column)
+    judge_rows = rows_of(args.judge_crops)
+    judged = finite(judge_rows, "hc_mm")
+    held_heads = finite(rows_of(args.judge_heads), args.head_column)
     provenance = {
         "command": "python scripts/fit_hc_floor.py " + " ".join(sys.argv[1:]),
         "rule": "halfway between the smallest reference HC of real heads and the median "
@@ -88,9 +93,8 @@ def main() -> None:
             "real_heads_rejected": sorted(n for n, v in held_heads if v < gate),
         },
     }
-    rejector = HeadRejector.load(args.rejector)
     floor = HCFloor(round(gate, 2), round(edge, 2), provenance)
-    rejector = HeadRejector(rejector.gates, rejector.edges, rejector.provenance, floor)
+    rejector = replace(HeadRejector.load(args.rejector), hc_floor=floor)
     text = json.dumps(rejector.to_dict(), indent=2) + "\n"
     args.rejector.write_text(text, encoding="utf-8")
     print(json.dumps({"gate_mm": floor.gate_mm, "edge_mm": floor.edge_mm, **provenance}, indent=2))
