@@ -37,9 +37,13 @@ import argparse
 import csv
 import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
@@ -63,8 +67,9 @@ def heads(
     source: HeadSource,
     m: HeadMeasurer,
     held_out_of: Path | None = None,
-) -> list[tuple[Path, float, Ellipse | None]]:
-    """``(image, pixel size, head ellipse)`` of each image, the ellipse from ``source``.
+) -> Iterator[tuple[str, NDArray[np.uint8], float, Ellipse | None]]:
+    """``(file name, image, pixel size, head ellipse)`` of each image, the ellipse from
+    ``source``; each image is read once.
 
     With ``held_out_of`` (a fold's run folder; reference ellipses only), only the images
     that fold held out.
@@ -73,32 +78,33 @@ def heads(
         cases = (
             held_out_cases(held_out_of, folder)[1] if held_out_of else find_cases(folder, pixel_csv)
         )
-        return [(c.image, c.pixel_size_mm, label_ellipse(c)) for c in cases]
+        for c in cases:
+            yield c.image.name, read_gray(c.image), c.pixel_size_mm, label_ellipse(c)
+        return
     if held_out_of:
         raise SystemExit("--held-out-of needs --head reference")
     table = read_pixel_size_csv(pixel_csv)
-    out = []
     for path in sorted(folder.glob("*.png")):
-        px = table.lookup(path.name)
-        out.append((path, px, m.measure(read_gray(path), px, filename=path.name).ellipse))
-    return out
+        px, image = table.lookup(path.name), read_gray(path)
+        yield path.name, image, px, m.measure(image, px, filename=path.name).ellipse
 
 
-def crop_rows(items: list[tuple[Path, float, Ellipse | None]], m: HeadMeasurer) -> list[dict]:
+def crop_rows(
+    items: Iterable[tuple[str, NDArray[np.uint8], float, Ellipse | None]], m: HeadMeasurer
+) -> list[dict]:
     """One row per image: the crop's box and what the shipped pipeline made of it."""
     rows = []
-    for path, px, head in items:
-        image = read_gray(path)
+    for name, image, px, head in items:
         crop = headless_crop(image, head, px) if head is not None else None
         if crop is None:
             why = "no head on the whole image" if head is None else "no box clear of the head"
-            rows.append({"filename": path.name, "outcome": f"no crop ({why})"})
+            rows.append({"filename": name, "outcome": f"no crop ({why})"})
             continue
         pixels, crop_px, box = crop
-        r = m.measure(pixels, crop_px, filename=path.name)
+        r = m.measure(pixels, crop_px, filename=name)
         rows.append(
             {
-                "filename": path.name,
+                "filename": name,
                 "box": " ".join(map(str, box)),
                 "crop_pixel_mm": round(crop_px, 5),
                 "outcome": outcome_of(r),
