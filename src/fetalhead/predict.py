@@ -290,17 +290,20 @@ class HeadMeasurer:
             self.refine_in_place(images, results)
         return [self._hc_gate(m) for m in results] if hc_gate else results
 
+    def _with_hc_margin(self, score: float, hc_mm: float | None) -> float:
+        """``score`` lowered to the HC gate's margin where that is smaller (and known)."""
+        floor = self.rejector.hc_floor if self.rejector else None
+        return score if floor is None or hc_mm is None else min(score, floor.margin(hc_mm))
+
     def _hc_gate(self, m: Measurement) -> Measurement:
         """Drop a head smaller than every foetal head the envelope knows, at its final spacing.
 
         The envelope's gate on HC in mm (:class:`~fetalhead.plausibility.HCFloor`) joins
         ``head_score``; at or below 0 the head gets ``no_head_found`` and no measures.
         """
-        floor = self.rejector.hc_floor if self.rejector else None
-        hc = m.hc_mm
-        if floor is None or hc is None or m.head_score is None:
+        if m.head_score is None or m.hc_mm is None:
             return m
-        score = min(m.head_score, floor.margin(hc))
+        score = self._with_hc_margin(m.head_score, m.hc_mm)
         if score > 0.0:
             return replace(m, head_score=score)
         return replace(
@@ -378,7 +381,10 @@ class HeadMeasurer:
                 # The gate on HC in mm waits for the final spacing (_hc_gate).
                 head_score = self.rejector.score(head_features(image, e, contour, conf, rms))
             if head_score is not None and head_score <= 0.0:
-                # Not a foetal head in ultrasound: no ellipse, no measures.
+                # Not a foetal head in ultrasound: no ellipse, no measures. Its score
+                # still tells how far out it lies, the HC gate included.
+                hc_mm = e.perimeter * px if px is not None else None
+                head_score = self._with_hc_margin(head_score, hc_mm)
                 e, contour, reasons = None, None, ["no_head_found"]
             else:
                 hc = e.perimeter * px if px is not None else None
