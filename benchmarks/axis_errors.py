@@ -16,17 +16,21 @@ intervals over scan prefixes. HC18 images (van den Heuvel et al. 2018, CC BY 4.0
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-from cv_report import TRIMESTERS, case_row, cluster_bootstrap, fmt
+from cv_report import (
+    TRIMESTERS,
+    case_row,
+    cluster_bootstrap,
+    fmt,
+    held_out_maps,
+    parse_run_arguments,
+)
 
-from fetalhead.data import Case, find_cases, label_ellipse
+from fetalhead.data import label_ellipse
 from fetalhead.geometry.ellipse import Ellipse, ramanujan_perimeter
-from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.predict import fit_by_band
-from fetalhead.readers import read_gray
 
 COLUMNS = {
     "major_mm": "semi-major error (mm)",
@@ -55,19 +59,10 @@ def axis_row(e: Ellipse, ref: Ellipse, pixel_mm: float) -> dict[str, float]:
 
 def held_out_rows(data: str, run: Path, levels: dict[str, float]) -> list[dict]:
     """One row per held-out image of ``run`` with a head found: its case columns and axes."""
-    cases: dict[str, Case] = {c.image.name: c for c in find_cases(data)}
     rows = []
-    for maps in sorted(run.glob("fold*/heldout_maps.npz")):
-        fold = int(maps.parent.name.removeprefix("fold"))
-        z = np.load(maps)
-        for name, plain in zip(z["names"], z["plain"], strict=True):
-            case = cases[str(name)]
-            prob = plain.astype(np.float32)
-            h, w = read_gray(case.image).shape
-            lb = Letterbox(h, w, *prob.shape)
-            e, _, _, _ = fit_by_band(prob, lb, "full", levels, levels["second"], case.pixel_size_mm)
-            if e is None:
-                continue
+    for fold, case, prob, lb in held_out_maps(data, run):
+        e, _, _, _ = fit_by_band(prob, lb, "full", levels, levels["second"], case.pixel_size_mm)
+        if e is not None:
             rows.append(case_row(case, fold) | axis_row(e, label_ellipse(case), case.pixel_size_mm))
     return rows
 
@@ -92,13 +87,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data")
-    ap.add_argument("--run", required=True, type=Path)
-    ap.add_argument("--levels", type=float, nargs=3, default=(0.55, 0.55, 0.6),
-                    metavar=("FIRST", "SECOND", "THIRD"))  # fmt: skip
-    args = ap.parse_args()
-    levels = dict(zip(TRIMESTERS, args.levels, strict=True))
+    args, levels = parse_run_arguments(__doc__.splitlines()[0])
     rows = held_out_rows(args.data, args.run, levels)
     folds = sorted({r["fold"] for r in rows})
     print(

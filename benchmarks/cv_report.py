@@ -110,6 +110,42 @@ def held_out_cases(fold_dir: Path, data: str | Path) -> tuple[int, list[Case]]:
     return fold, kfold_by_prefix(find_cases(data), cfg.folds, fold, cfg.effective_split_seed)[1]
 
 
+#: The boundary level of each HC band that the shipped weights use (first, second, third).
+SHIPPED_LEVELS = (0.55, 0.55, 0.6)
+
+
+def parse_run_arguments(description: str) -> tuple[argparse.Namespace, dict[str, float]]:
+    """``DATA --run RUN [--levels FIRST SECOND THIRD]`` parsed, and the levels by HC band.
+
+    For the scripts that measure a cross-validation run's held-out maps as ``predict``
+    does; the levels default to the shipped ones.
+    """
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("data")
+    ap.add_argument("--run", required=True, type=Path)
+    ap.add_argument("--levels", type=float, nargs=3, default=SHIPPED_LEVELS,
+                    metavar=("FIRST", "SECOND", "THIRD"))  # fmt: skip
+    args = ap.parse_args()
+    return args, dict(zip(TRIMESTERS, args.levels, strict=True))
+
+
+def held_out_maps(data: str, run: Path) -> Iterator[tuple[int, Case, np.ndarray, Letterbox]]:
+    """``(fold, case, map, letterbox)`` for each image a fold of ``run`` held out.
+
+    The map is the plain (unflipped) one of ``RUN/foldK/heldout_maps.npz``, as float32,
+    letterboxed into the image with its aspect kept (as the shipped recipe is trained).
+    """
+    cases = {c.image.name: c for c in find_cases(data)}
+    for maps in sorted(run.glob("fold*/heldout_maps.npz")):
+        fold = int(maps.parent.name.removeprefix("fold"))
+        z = np.load(maps)
+        for name, plain in zip(z["names"], z["plain"], strict=True):
+            case = cases[str(name)]
+            prob = plain.astype(np.float32)
+            h, w = read_gray(case.image).shape
+            yield fold, case, prob, Letterbox(h, w, *prob.shape)
+
+
 def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
     cases = {c.image.name: c for c in find_cases(data)}
     rows = []

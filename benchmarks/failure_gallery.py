@@ -20,11 +20,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from cv_report import held_out_maps
 from numpy.typing import NDArray
 
-from fetalhead.data import Case, find_cases, label_ellipse
+from fetalhead.data import Case, label_ellipse
 from fetalhead.geometry.ellipse import Ellipse
-from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.predict import fit_by_band
 from fetalhead.readers import read_gray
@@ -63,18 +63,11 @@ def main() -> None:
                     metavar=("FIRST", "SECOND", "THIRD"))  # fmt: skip
     args = ap.parse_args()
     levels = dict(zip(("first", "second", "third"), args.levels, strict=True))
-    cases = {c.image.name: c for c in find_cases(args.data)}
     found = []
-    for maps in sorted(args.run.glob("fold*/heldout_maps.npz")):
-        z = np.load(maps)
-        for name, plain in zip(z["names"], z["plain"], strict=True):
-            case = cases[str(name)]
-            prob = plain.astype(np.float32)
-            h, w = read_gray(case.image).shape
-            lb = Letterbox(h, w, *prob.shape)
-            e, contour, _, _ = fit_by_band(prob, lb, "full", levels, 0.6, case.pixel_size_mm)
-            if e is not None and contour is not None and case.hc_mm is not None:
-                found.append((e.perimeter * case.pixel_size_mm - case.hc_mm, case, e, contour))
+    for _, case, prob, lb in held_out_maps(args.data, args.run):
+        e, contour, _, _ = fit_by_band(prob, lb, "full", levels, 0.6, case.pixel_size_mm)
+        if e is not None and contour is not None and case.hc_mm is not None:
+            found.append((e.perimeter * case.pixel_size_mm - case.hc_mm, case, e, contour))
     found.sort(key=lambda t: -abs(t[0]))
     worst = found[: args.n]
     tiles = [tile(case, e, contour, df) for df, case, e, contour in worst]

@@ -12,21 +12,24 @@ with a 95 % bootstrap interval over scan prefixes, and per trimester.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from cv_report import TRIMESTERS, case_row, cluster_bootstrap, fmt
+from cv_report import (
+    TRIMESTERS,
+    case_row,
+    cluster_bootstrap,
+    fmt,
+    held_out_maps,
+    parse_run_arguments,
+)
 
 import fetalhead.postprocess as pp
 from fetalhead import predict
-from fetalhead.data import find_cases
 from fetalhead.geometry.ellipse import fit_ellipse
 from fetalhead.geometry.letterbox import Letterbox
-from fetalhead.readers import read_gray
 
 #: Variant name -> (weight_power, biweight cut-off); the first is the default.
 VARIANTS = {
@@ -53,28 +56,14 @@ def measure(prob: np.ndarray, lb: Letterbox, levels: dict, px: float, power: flo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data")
-    ap.add_argument("--run", required=True, type=Path)
-    ap.add_argument("--levels", type=float, nargs=3, default=(0.55, 0.55, 0.6),
-                    metavar=("FIRST", "SECOND", "THIRD"))  # fmt: skip
-    args = ap.parse_args()
-    levels = dict(zip(TRIMESTERS, args.levels, strict=True))
-    cases = {c.image.name: c for c in find_cases(args.data)}
+    args, levels = parse_run_arguments(__doc__.splitlines()[0])
     rows = []
-    for maps in sorted(args.run.glob("fold*/heldout_maps.npz")):
-        fold = int(maps.parent.name.removeprefix("fold"))
-        z = np.load(maps)
-        for name, plain in zip(z["names"], z["plain"], strict=True):
-            case = cases[str(name)]
-            prob = plain.astype(np.float32)
-            h, w = read_gray(case.image).shape
-            lb = Letterbox(h, w, *prob.shape)
-            row = case_row(case, fold)
-            for variant, (power, cut) in VARIANTS.items():
-                e = measure(prob, lb, levels, case.pixel_size_mm, power, cut)
-                row[variant] = e.perimeter * case.pixel_size_mm - case.hc_mm if e else math.nan
-            rows.append(row)
+    for fold, case, prob, lb in held_out_maps(args.data, args.run):
+        row = case_row(case, fold)
+        for variant, (power, cut) in VARIANTS.items():
+            e = measure(prob, lb, levels, case.pixel_size_mm, power, cut)
+            row[variant] = e.perimeter * case.pixel_size_mm - case.hc_mm if e else math.nan
+        rows.append(row)
     print(f"# Fit variants: {len(rows)} held-out images of {args.run}, levels {args.levels}\n")
     print("| variant | ADF (mm) | paired change (mm) | " + " | ".join(TRIMESTERS) + " |")
     print("|---|---|---|" + "---|" * len(TRIMESTERS))
