@@ -377,17 +377,16 @@ class HeadMeasurer:
         if e is not None and contour is not None and conf is not None:
             # One boundary residual serves the non-head check and the interval.
             rms = boundary_rms(e, contour)
+            hc = e.perimeter * px if px is not None else None
             if self.rejector:
                 # The gate on HC in mm waits for the final spacing (_hc_gate).
                 head_score = self.rejector.score(head_features(image, e, contour, conf, rms))
             if head_score is not None and head_score <= 0.0:
                 # Not a foetal head in ultrasound: no ellipse, no measures. Its score
                 # still tells how far out it lies, the HC gate included.
-                hc_mm = e.perimeter * px if px is not None else None
-                head_score = self._with_hc_margin(head_score, hc_mm)
+                head_score = self._with_hc_margin(head_score, hc)
                 e, contour, reasons = None, None, ["no_head_found"]
             else:
-                hc = e.perimeter * px if px is not None else None
                 features = interval_features(e, rms, conf, "touches_border" in reasons, hc)
                 if hc is not None and (self.flag or (self.interval and self.interval.learned)):
                     features |= profile_features(lb.crop(prob), lb.scale, e, self.level)
