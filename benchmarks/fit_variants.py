@@ -12,9 +12,7 @@ with a 95 % bootstrap interval over scan prefixes, and per trimester.
 
 from __future__ import annotations
 
-import functools
 import math
-from unittest import mock
 
 import numpy as np
 from cv_report import (
@@ -26,10 +24,8 @@ from cv_report import (
     parse_run_arguments,
 )
 
-import fetalhead.postprocess as pp
-from fetalhead import predict
-from fetalhead.geometry.ellipse import fit_ellipse
 from fetalhead.geometry.letterbox import Letterbox
+from fetalhead.predict import fit_by_band
 
 #: Variant name -> (weight_power, biweight cut-off); the first is the default.
 VARIANTS = {
@@ -46,13 +42,9 @@ VARIANTS = {
 
 def measure(prob: np.ndarray, lb: Letterbox, levels: dict, px: float, power: float, cut: float):
     """The ellipse ``predict`` would fit (levels by band), with the fit's two knobs set."""
-    with (
-        mock.patch.object(
-            predict, "postprocess", functools.partial(pp.postprocess, weight_power=power)
-        ),
-        mock.patch.object(pp, "fit_ellipse", functools.partial(fit_ellipse, cutoff=cut)),
-    ):
-        return predict.fit_by_band(prob, lb, "full", levels, levels["second"], px)[0]
+    return fit_by_band(
+        prob, lb, "full", levels, levels["second"], px, weight_power=power, cutoff=cut
+    )[0]
 
 
 def main() -> None:

@@ -9,11 +9,20 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from fetalhead.geometry.ellipse import Ellipse, boundary_sharpness, find_head_contour, fit_ellipse
+from fetalhead.geometry.ellipse import (
+    BIWEIGHT_CUTOFF,
+    Ellipse,
+    boundary_sharpness,
+    find_head_contour,
+    fit_ellipse,
+)
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.geometry.region import head_part
 
 PostprocessName = Literal["lowres", "full"]
+
+#: Exponent of |grad p| in the weights of the boundary points (inverse variances).
+WEIGHT_POWER = 2.0
 
 #: Smallest head region accepted, as a fraction of the image area.
 MIN_HEAD_AREA_FRACTION = 0.005
@@ -59,8 +68,9 @@ def postprocess(
     method: PostprocessName = "full",
     *,
     level: float = 0.5,
-    weight_power: float = 2.0,
+    weight_power: float = WEIGHT_POWER,
     open_ratio: float | None = None,
+    cutoff: float = BIWEIGHT_CUTOFF,
 ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
     """Turn a network probability map into an ellipse in original pixels.
 
@@ -78,9 +88,10 @@ def postprocess(
     map (bfloat16 inference) move HC only a little, and both paths fit nearly
     the same curve (HC within 0.1 mm on the validation split).
 
-    ``level`` (the iso-probability of the boundary) and ``weight_power`` (the
+    ``level`` (the iso-probability of the boundary), ``weight_power`` (the
     exponent of |grad p| in the weights; 0 weighs points by boundary length only)
-    are there for cross-validated comparisons (``benchmarks/cv_report.py``); the
+    and ``cutoff`` (the robust fit's biweight cut-off, :func:`fit_ellipse`) are
+    there for cross-validated comparisons (``benchmarks/cv_report.py``); the
     defaults are what ``predict`` uses.
 
     ``open_ratio`` (off when ``None``) drops the outline points that an opening of
@@ -129,7 +140,7 @@ def postprocess(
             pts, weights = pts[~on_border], weights[~on_border]
     if np.count_nonzero(weights) < 5:
         return None, None, None, ["no_head_found"]
-    fit = fit_ellipse(pts, weights=weights)
+    fit = fit_ellipse(pts, weights=weights, cutoff=cutoff)
     e = fit.ellipse
     diagonal = math.hypot(lb.in_h, lb.in_w)
     if (

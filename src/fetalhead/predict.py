@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from numpy.typing import NDArray
 
 from fetalhead.geometry.crop import CropBox, head_crop_box
-from fetalhead.geometry.ellipse import Ellipse, boundary_rms
+from fetalhead.geometry.ellipse import BIWEIGHT_CUTOFF, Ellipse, boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.image import InputError, LoadedImage, to_uint8_gray
 from fetalhead.infer.backends import BackendName, make_backend, preprocess
@@ -34,6 +34,7 @@ from fetalhead.plausibility import HeadRejector, head_features
 from fetalhead.postprocess import (
     BORDER_TOL_PX,
     MAX_BORDER_FRACTION,
+    WEIGHT_POWER,
     PostprocessName,
     near_border,
     postprocess,
@@ -87,22 +88,34 @@ def fit_by_band(
     level: float,
     px: float | None,
     open_ratio: float | None = None,
+    weight_power: float = WEIGHT_POWER,
+    cutoff: float = BIWEIGHT_CUTOFF,
 ) -> tuple[Ellipse | None, NDArray[np.float64] | None, float | None, list[str]]:
     """The head's ellipse (:func:`~fetalhead.postprocess.postprocess`) at its HC band's level.
 
     With levels by band and a pixel size, the ellipse is fitted at the second band's
     level (the commonest heads), and fitted again at its band's level if that HC falls
     in a band with another level (kept unless that finds no head). Otherwise at
-    ``level``. ``open_ratio`` is passed on to :func:`~fetalhead.postprocess.postprocess`.
+    ``level``. ``open_ratio``, ``weight_power`` and ``cutoff`` are passed on to
+    :func:`~fetalhead.postprocess.postprocess`.
     """
+    at = partial(
+        postprocess,
+        prob,
+        lb,
+        method,
+        open_ratio=open_ratio,
+        weight_power=weight_power,
+        cutoff=cutoff,
+    )
     if not band_levels or px is None:
-        return postprocess(prob, lb, method, level=level, open_ratio=open_ratio)
+        return at(level=level)
     first = band_levels["second"]
-    fit = postprocess(prob, lb, method, level=first, open_ratio=open_ratio)
+    fit = at(level=first)
     if fit[0] is not None:
         wanted = band_levels[band_of(fit[0].perimeter * px)]
         if wanted != first:
-            again = postprocess(prob, lb, method, level=wanted, open_ratio=open_ratio)
+            again = at(level=wanted)
             if again[0] is not None:
                 return again
     return fit

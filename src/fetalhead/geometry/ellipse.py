@@ -194,13 +194,18 @@ def boundary_rms(e: Ellipse, points: NDArray[np.float64]) -> float:
     return float(np.sqrt(np.mean(_geometric_residuals(e, points) ** 2)))
 
 
+#: Tukey biweight cut-off of the robust fit, in robust standard deviations (95 %
+#: efficiency for Gaussian residuals).
+BIWEIGHT_CUTOFF = 4.685
+
+
 def fit_ellipse(
     points: NDArray[np.floating],
     *,
     weights: NDArray[np.floating] | None = None,
     robust: bool = True,
     max_iter: int = 5,
-    cutoff: float = 4.685,
+    cutoff: float = BIWEIGHT_CUTOFF,
 ) -> EllipseFit:
     """Fit an ellipse to boundary points, optionally weighted and robust to outliers.
 
