@@ -133,17 +133,20 @@ def held_out_maps(data: str, run: Path) -> Iterator[tuple[int, Case, np.ndarray,
     """``(fold, case, map, letterbox)`` for each image a fold of ``run`` held out.
 
     The map is the plain (unflipped) one of ``RUN/foldK/heldout_maps.npz``, as float32,
-    letterboxed into the image with its aspect kept (as the shipped recipe is trained).
+    placed in the image as the fold was trained: letterboxed, or squashed where its
+    ``config.json`` says ``keep_aspect: false``.
     """
     cases = {c.image.name: c for c in find_cases(data)}
     for maps in sorted(run.glob("fold*/heldout_maps.npz")):
         fold = int(maps.parent.name.removeprefix("fold"))
+        config = json.loads((maps.parent / "config.json").read_text())
+        keep_aspect = config.get("keep_aspect", True)
         z = np.load(maps)
         for name, plain in zip(z["names"], z["plain"], strict=True):
             case = cases[str(name)]
             prob = plain.astype(np.float32)
             h, w = read_gray(case.image).shape
-            yield fold, case, prob, Letterbox(h, w, *prob.shape)
+            yield fold, case, prob, Letterbox(h, w, *prob.shape, keep_aspect)
 
 
 def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
