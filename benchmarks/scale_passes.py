@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import torch
 from cv_report import (
+    SHIPPED_LEVELS,
     TRIMESTERS,
     case_row,
     cluster_bootstrap,
@@ -49,7 +50,7 @@ from fetalhead.predict import fit_by_band
 from fetalhead.readers import read_gray
 
 #: The shipped levels by HC band (every fold of the shipped recipe chose them).
-SHIPPED_LEVELS = {"first": 0.55, "second": 0.55, "third": 0.6}
+LEVELS = dict(zip(TRIMESTERS, SHIPPED_LEVELS, strict=True))
 #: The single level for a map without a band (not used: every image has a pixel size).
 FALLBACK_LEVEL = 0.6
 
@@ -68,7 +69,7 @@ def tag(size: tuple[int, int]) -> str:
 
 def banded_hc(prob: np.ndarray, lb: Letterbox, px: float) -> float:
     """HC (mm) of a map as ``predict`` fits it (levels by band, full path), NaN without a head."""
-    e = fit_by_band(prob, lb, "full", SHIPPED_LEVELS, FALLBACK_LEVEL, px)[0]
+    e = fit_by_band(prob, lb, "full", LEVELS, FALLBACK_LEVEL, px)[0]
     return e.perimeter * px if e is not None else math.nan
 
 
