@@ -211,3 +211,20 @@ def test_contour_search_on_the_head_box_matches_the_whole_map(where: str) -> Non
     pts, _ = find_head_contour(prob)
     np.testing.assert_allclose(pts, whole, atol=1e-9)
     assert find_head_contour(np.zeros(shape, np.float32)) is None
+
+
+def test_blend_long_axis_moves_only_the_major_axis() -> None:
+    from fetalhead.geometry.ellipse import blend_long_axis
+
+    # The major axis is b here (100 px): 0.5 * 100 + 0.5 * 50 / 0.8 = 81.25 px.
+    e = Ellipse(10, 20, 50, 100, 0.4)
+    assert blend_long_axis(e, 0.8, 0.5) == Ellipse(10, 20, 50, 81.25, 0.4)
+    assert blend_long_axis(e, 0.8, 0.0) == e
+    # Weight 1: the shape of the prior exactly, 50 / 0.8 = 62.5 px.
+    assert blend_long_axis(Ellipse(0, 0, 100, 50, 0.0), 0.8, 1.0).a == pytest.approx(62.5)
+    # A ratio of 1 and weight 1 makes a circle of the minor axis.
+    assert blend_long_axis(e, 1.0, 1.0).b == pytest.approx(50)
+    with pytest.raises(ValueError, match="ratio"):
+        blend_long_axis(e, 0.0, 0.5)
+    with pytest.raises(ValueError, match="weight"):
+        blend_long_axis(e, 0.8, 1.5)

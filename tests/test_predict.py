@@ -44,11 +44,11 @@ REQUIRED = [
 ]
 
 
-def oracle_measurer(ellipses, shapes, **kw) -> HeadMeasurer:
+def oracle_measurer(ellipses, shapes, meta: dict | None = None, **kw) -> HeadMeasurer:
     # These tests are about geometry on maps of known ellipses, often over blank images,
     # which the non-head check would rightly reject: it is tested in test_plausibility.py.
     kw.setdefault("reject_non_heads", False)
-    m = HeadMeasurer(Checkpoint.from_model(ResUNet(TINY)), backend="torch", **kw)
+    m = HeadMeasurer(Checkpoint.from_model(ResUNet(TINY), meta), backend="torch", **kw)
     m.backend = OracleBackend(ellipses, shapes, TINY)
     return m
 
@@ -643,3 +643,44 @@ def test_weights_with_a_scale_input_are_told_mm_per_network_pixel() -> None:
     assert found[0].hc_mm is not None and found[1].hc_mm is None
     with pytest.raises(ValueError, match="pass mm_per_pixel"):
         m._probabilities(np.zeros((1, 1, 192, 288), np.float32))
+
+
+PRIOR = {
+    "first": {"ratio": 0.85, "weight": 0.3},
+    "second": {"ratio": 0.8, "weight": 0.5},
+    "third": {"ratio": 0.8, "weight": 0.1},
+}
+
+
+def test_shape_prior_draws_the_long_axis_towards_its_band_ratio() -> None:
+    # A 120 x 80 px head at 0.3 mm: HC 190 mm, the second band. Its prior (ratio 0.8,
+    # weight 0.5) moves the semi-major axis to 0.5 * 120 + 0.5 * 80 / 0.8 = 110 px and
+    # keeps the semi-minor one: HC 600.6 px = 180.2 mm (Ramanujan).
+    e = Ellipse(200, 135, 120, 80, 0.3)
+    img = np.zeros((270, 400), np.uint8)
+    meta = {"inference": {"shape_prior": PRIOR}}
+    on = oracle_measurer([e, e], [img.shape] * 2, meta)
+    off = oracle_measurer([e, e], [img.shape] * 2, meta, shape_prior=False)
+    r, plain = on.measure(img, 0.3), off.measure(img, 0.3)
+    assert plain.ellipse.major / 2 == pytest.approx(120, rel=0.01)
+    assert r.ellipse.major / 2 == pytest.approx(110, rel=0.01)
+    assert r.ellipse.minor == plain.ellipse.minor and r.ellipse.angle == plain.ellipse.angle
+    assert r.hc_mm == pytest.approx(180.2, rel=0.01)
+    # The interval is as calibrated on the fit before the prior: the same relative width.
+    assert r.hc_rel_halfwidth == plain.hc_rel_halfwidth
+    assert on.describe()["shape_prior"] == {"first": (0.85, 0.3), "second": (0.8, 0.5),
+                                            "third": (0.8, 0.1)}  # fmt: skip
+    assert off.describe()["shape_prior"] is None
+    # Without a pixel size there is no HC band, and no prior.
+    assert on.measure(img, None).ellipse == off.measure(img, None).ellipse
+
+
+def test_shape_prior_is_checked() -> None:
+    e, shape = Ellipse(200, 135, 120, 80, 0.3), (270, 400)
+    with pytest.raises(ValueError, match="ratio and weight"):
+        oracle_measurer([e], [shape], {"inference": {"shape_prior": {"first": PRIOR["first"]}}})
+    bad = PRIOR | {"third": {"ratio": 1.2, "weight": 0.1}}
+    with pytest.raises(ValueError, match=r"ratio in \(0, 1\]"):
+        oracle_measurer([e], [shape], {"inference": {"shape_prior": bad}})
+    with pytest.raises(ValueError, match="needs 'ratio' and 'weight'"):
+        oracle_measurer([e], [shape], {"inference": {"shape_prior": PRIOR | {"first": {"w": 1}}}})

@@ -126,6 +126,12 @@ def _add_pass_options(p: argparse.ArgumentParser) -> None:
         help="measure in two passes, the second on a crop around the head found by the "
         "first (default: as the weights recommend)",
     )
+    p.add_argument(
+        "--shape-prior",
+        action=argparse.BooleanOptionalAction,
+        help="draw the head's long axis towards what its short axis predicts for its HC "
+        "band (default: as the weights carry; on for the shipped weights)",
+    )
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -279,6 +285,7 @@ def _measurer(args: argparse.Namespace):
         backend=args.backend,
         tta=args.tta,
         refine=args.refine,
+        shape_prior=getattr(args, "shape_prior", None),
         postprocess=args.postprocess,
         threads=getattr(args, "threads", None),
         compile=getattr(args, "compile", False),

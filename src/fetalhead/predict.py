@@ -23,7 +23,7 @@ import torch
 from numpy.typing import NDArray
 
 from fetalhead.geometry.crop import CropBox, head_crop_box
-from fetalhead.geometry.ellipse import BIWEIGHT_CUTOFF, Ellipse, boundary_rms
+from fetalhead.geometry.ellipse import BIWEIGHT_CUTOFF, Ellipse, blend_long_axis, boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.image import InputError, LoadedImage, to_uint8_gray
 from fetalhead.infer.backends import BackendName, make_backend, preprocess
@@ -74,6 +74,27 @@ def _band_levels(stored: Any) -> dict[str, float] | None:
     if not all(0.0 < v < 1.0 for v in levels.values()):
         raise ValueError(f"the weights' level_by_band levels must lie in (0, 1), got {levels}")
     return levels
+
+
+def _shape_prior(stored: Any) -> dict[str, tuple[float, float]] | None:
+    """Check the weights' ``shape_prior``: an axis ratio and a blend weight for each HC band."""
+    if stored is None:
+        return None
+    if not isinstance(stored, dict) or set(stored) != set(BANDS):
+        raise ValueError(f"the weights' shape_prior must give a ratio and weight for {BANDS}")
+    prior = {}
+    for band in BANDS:
+        entry = stored[band]
+        if not isinstance(entry, dict) or {"ratio", "weight"} - set(entry):
+            raise ValueError(f"the weights' shape_prior[{band!r}] needs 'ratio' and 'weight'")
+        ratio, weight = float(entry["ratio"]), float(entry["weight"])
+        if not (0.0 < ratio <= 1.0 and 0.0 <= weight <= 1.0):
+            raise ValueError(
+                f"the weights' shape_prior[{band!r}] wants a ratio in (0, 1] and a weight in "
+                f"[0, 1], got {entry}"
+            )
+        prior[band] = (ratio, weight)
+    return prior
 
 
 class NoWeightsError(FileNotFoundError):
@@ -152,6 +173,13 @@ class HeadMeasurer:
             pass gives the ellipse; the qc, the interval and the non-head check come
             from the first, as calibrated. ``None`` (default): as the checkpoint
             recommends (``meta["inference"]["refine"]``), else off.
+        shape_prior: Draw each head's semi-major axis towards what its semi-minor axis
+            predicts for its HC band (:func:`~fetalhead.geometry.ellipse.blend_long_axis`),
+            with the ratio and weight the weights carry (``meta["inference"]
+            ["shape_prior"]``, chosen by cross-validation). Needs a pixel size (for the
+            band); the interval, the flag and the non-head check read the fit before it,
+            as calibrated. ``None`` or ``True`` (default): as the weights carry, else
+            off; ``False``: off.
 
     """
 
@@ -168,6 +196,7 @@ class HeadMeasurer:
         reject_non_heads: bool = True,
         interval_level: float = 0.9,
         refine: bool | None = None,
+        shape_prior: bool | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -186,6 +215,10 @@ class HeadMeasurer:
         self.open_ratio: float | None = inference.get("open_ratio")
         if self.open_ratio is not None and not 0.0 < self.open_ratio < 1.0:
             raise ValueError(f"the weights' open_ratio must lie in (0, 1), got {self.open_ratio}")
+        #: Ratio and blend weight of the long-axis prior per HC band (see ``shape_prior``).
+        self.shape_prior: dict[str, tuple[float, float]] | None = (
+            _shape_prior(inference.get("shape_prior")) if shape_prior is not False else None
+        )
         self.postprocess_method: PostprocessName = postprocess
         self.weights_path = weights_path
         #: What the measurer was asked for, to build equal ones (e.g. in worker processes).
@@ -193,6 +226,7 @@ class HeadMeasurer:
             "backend": backend,
             "tta": self.tta,
             "refine": self.refine,
+            "shape_prior": self.shape_prior is not None,
             "postprocess": postprocess,
             "compile": compile,
             "reject_non_heads": reject_non_heads,
@@ -409,6 +443,8 @@ class HeadMeasurer:
                     flag_score = self.flag.score(hc, features)
                     if self.flag.decide(hc, flag_score):
                         reasons.append("uncertain_hc")
+                if self.shape_prior and hc is not None:
+                    e = blend_long_axis(e, *self.shape_prior[band_of(hc)])
         if px is None:
             reasons.append("no_pixel_size")
         return Measurement(
@@ -526,6 +562,7 @@ class HeadMeasurer:
             "boundary_level": self.level,
             "boundary_level_by_band": self.band_levels,
             "open_ratio": self.open_ratio,
+            "shape_prior": self.shape_prior,
             "postprocess": self.postprocess_method,
             "data_note": meta.get("data_note"),
             "metrics": meta.get("metrics"),
