@@ -26,7 +26,14 @@ then stores in the checkpoint's ``meta``:
   ``cross_validation[KEY]``;
 - with ``--level-by-band``, ``inference.level_by_band``: the boundary level of each HC
   band that ``benchmarks/level_by_band.py`` chose on the folds, and its nested
-  cross-validation as ``cross_validation.level_by_band``.
+  cross-validation as ``cross_validation.level_by_band``;
+- with ``--shape-prior``, ``inference.shape_prior``: the axis ratio and blend weight of
+  each HC band that ``benchmarks/aspect_prior.py`` chose on the folds
+  (:func:`fetalhead.geometry.ellipse.blend_long_axis`), and its fold-by-fold evidence as
+  ``cross_validation.shape_prior``. The interval and the flag read the fit before the
+  prior; with ``--flag-errors CSV:COLUMN`` (``hc_prior_mm`` of the ``per_image.csv``
+  beside that report) the flag is fitted to the errors of the HC with the prior, the one
+  ``predict`` reports.
 
 The network's weights are not changed.
 
@@ -43,6 +50,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -132,6 +140,18 @@ def main() -> None:
         "inference.level_by_band, with its nested cross-validation",
     )
     ap.add_argument(
+        "--shape-prior",
+        type=Path,
+        help="benchmarks/aspect_prior.py's report JSON: store its ratio and weight per HC "
+        "band as inference.shape_prior, with its fold-by-fold evidence",
+    )
+    ap.add_argument(
+        "--flag-errors",
+        metavar="CSV:COLUMN",
+        help="fit the qc flag to the errors of this HC of per-image rows (by filename), for "
+        "example hc_prior_mm of benchmarks/aspect_prior.py's per_image.csv",
+    )
+    ap.add_argument(
         "--recipe",
         default=SHIPPED_RECIPE,
         help="the configs the fold models were trained with, as stored in calibrated_on",
@@ -171,7 +191,16 @@ def main() -> None:
     models = [fit_interval(rows, level, scale) for level in LEVELS]
     m90 = models[LEVELS.index(0.9)]
     ok = [r for r in rows if "rel_rms" in r and np.isfinite(r.get("plain_hc_mm", np.nan))]
-    flag = fit_flag(ok, share=FLAG_SHARE)
+    error_key = "plain_hc_mm"
+    if args.flag_errors:
+        path, _, column = args.flag_errors.rpartition(":")
+        with open(path, newline="") as fh:
+            reported = {r["filename"]: float(r[column]) for r in csv.DictReader(fh)}
+        ok = [
+            r | {"reported_hc_mm": reported[r["filename"]]} for r in ok if r["filename"] in reported
+        ]
+        error_key = "reported_hc_mm"
+    flag = fit_flag(ok, share=FLAG_SHARE, error_hc_key=error_key)
     tta_gain = -report["accuracy"]["tta_minus_plain_adf_mm"][0]
     ck = Checkpoint.load(args.weights)
     ck.meta["calibration"] = {
@@ -184,6 +213,8 @@ def main() -> None:
         ),
         "coverage_cross_fold": report["intervals"],
     }
+    if args.flag_errors:
+        ck.meta["calibration"]["qc_flag_errors_of"] = args.flag_errors
     ck.meta["cross_validation"] = {
         "folds": folds,
         "accuracy": report["accuracy"],
@@ -206,6 +237,14 @@ def main() -> None:
             "source": f"benchmarks/level_by_band.py ({args.level_by_band})",
             **by_band,
         }
+    ck.meta["inference"].pop("shape_prior", None)
+    if args.shape_prior:
+        prior = json.loads(args.shape_prior.read_text())
+        ck.meta["inference"]["shape_prior"] = prior["prior"]
+        ck.meta["cross_validation"]["shape_prior"] = {
+            "source": f"benchmarks/aspect_prior.py ({args.shape_prior})",
+            **prior,
+        }
     if args.threshold_images:
         scores = shipped_scores(ck, args.threshold_images, args.threshold_pixel_size_csv)
         flag = dataclasses.replace(flag, threshold=float(np.quantile(scores, 1.0 - FLAG_SHARE)))
@@ -227,7 +266,8 @@ def main() -> None:
         f"wrote {args.weights}: {scale} interval scale, q90 {m90.q}, "
         f"qc flag threshold {flag.threshold:.2f}, "
         f"TTA gain {tta_gain:+.3f} mm -> tta {ck.meta['inference']['tta']}, "
-        f"levels by band {ck.meta['inference'].get('level_by_band')}"
+        f"levels by band {ck.meta['inference'].get('level_by_band')}, "
+        f"shape prior {ck.meta['inference'].get('shape_prior')}"
     )
 
 

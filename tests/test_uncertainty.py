@@ -288,6 +288,21 @@ def test_flag_fit_flags_the_share_with_the_large_errors() -> None:
     assert flag.weights[FLAG_INPUTS.index("log_blur")] > 0
 
 
+def test_flag_is_fitted_to_the_errors_of_the_hc_it_is_told() -> None:
+    # The reported HC (after a prior, say) is 8 mm off for the 20 sharpest rows instead
+    # of the 20 blurriest: fitted to its errors, the flag picks those and leans the other
+    # way on blur; its inputs are still read with plain_hc_mm.
+    rows = flag_rows()
+    for i, r in enumerate(rows):
+        r["reported_hc_mm"] = r["hc_ref_mm"] + (8.0 if i < 20 else 1.0)
+    flag = fit_flag(rows, share=0.1, error_hc_key="reported_hc_mm")
+    assert [flag.flags(r["plain_hc_mm"], r) for r in rows] == [True] * 20 + [False] * 180
+    assert flag.weights[FLAG_INPUTS.index("log_blur")] < 0
+    # A row without that HC is left out of the calibration.
+    del rows[0]["reported_hc_mm"]
+    assert fit_flag(rows, error_hc_key="reported_hc_mm").n_calibration == 199
+
+
 def test_ridge_logistic_recovers_the_log_odds_of_a_binary_input() -> None:
     # x = -1: 1 in 4 positive; x = +1: 3 in 4. The maximum-likelihood fit (no penalty to
     # speak of) has logit(3/4) = ln 3 at x = 1 and logit(1/4) = -ln 3 at x = -1:

@@ -454,9 +454,16 @@ def ridge_logistic(
 
 
 def fit_flag(
-    rows: list[dict[str, Any]], share: float = 0.1, large_error_mm: float = LARGE_ERROR_MM
+    rows: list[dict[str, Any]],
+    share: float = 0.1,
+    large_error_mm: float = LARGE_ERROR_MM,
+    error_hc_key: str = "plain_hc_mm",
 ) -> FlagModel:
     """Fit the flag to held-out rows with ``plain_hc_mm``, ``hc_ref_mm`` and the features.
+
+    The inputs are read with ``plain_hc_mm`` (the HC of the fit the features describe);
+    "a large error" is that of ``row[error_hc_key]``, by default the same HC, or for
+    example the HC that ``predict`` reports after the shape prior.
 
     Raises:
         ValueError: If ``share`` is not in (0, 1) or fewer than 5 rows have a large error.
@@ -464,9 +471,15 @@ def fit_flag(
     """
     if not 0.0 < share < 1.0:
         raise ValueError(f"share must be in (0, 1), got {share}")
-    use = [r for r in rows if math.isfinite(r.get("plain_hc_mm", math.nan)) and "blur" in r]
+    use = [
+        r
+        for r in rows
+        if math.isfinite(r.get("plain_hc_mm", math.nan))
+        and math.isfinite(r.get(error_hc_key, math.nan))
+        and "blur" in r
+    ]
     x = np.array([flag_inputs(r["plain_hc_mm"], r) for r in use])
-    y = np.array([abs(r["plain_hc_mm"] - r["hc_ref_mm"]) > large_error_mm for r in use], float)
+    y = np.array([abs(r[error_hc_key] - r["hc_ref_mm"]) > large_error_mm for r in use], float)
     if y.sum() < 5:
         raise ValueError(f"need at least 5 calibration images with a large error, got {y.sum():g}")
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
