@@ -29,7 +29,7 @@ import argparse
 import csv
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +114,17 @@ def held_out_cases(fold_dir: Path, data: str | Path) -> tuple[int, list[Case]]:
 SHIPPED_LEVELS = (0.55, 0.55, 0.6)
 
 
-def parse_run_arguments(description: str) -> tuple[argparse.Namespace, dict[str, float]]:
+def parse_run_arguments(
+    description: str, more: Callable[[argparse.ArgumentParser], None] | None = None
+) -> tuple[argparse.Namespace, dict[str, float]]:
     """``DATA --run RUN [--levels FIRST SECOND THIRD]`` parsed, and the levels by HC band.
 
     For the scripts that measure a cross-validation run's held-out maps as ``predict``
-    does; the levels default to the shipped ones.
+    does; the levels default to the shipped ones. ``more`` adds a script's own options.
     """
     ap = argparse.ArgumentParser(description=description)
+    if more is not None:
+        more(ap)
     ap.add_argument("data")
     ap.add_argument("--run", required=True, type=Path)
     ap.add_argument("--levels", type=float, nargs=3, default=SHIPPED_LEVELS,

@@ -199,6 +199,13 @@ def main() -> None:
         default=[],
         help="columns of --extra-rows to judge, each alone and all together",
     )
+    ap.add_argument(
+        "--errors-from",
+        metavar="CSV:COLUMN",
+        help="judge the error of another reported HC: COLUMN of per-image rows CSV (for "
+        "example hc_prior_mm of benchmarks/aspect_prior.py's rows); the flag's inputs "
+        "stay those of the fit at the banded levels, as predict reads them",
+    )
     ap.add_argument("--out", type=Path, help="write the result as JSON here")
     args = ap.parse_args()
     picks = {int(k): v for k, v in json.loads(args.levels.read_text())["picks_by_fold"].items()}
@@ -225,6 +232,12 @@ def main() -> None:
         if len(args.extra_inputs) > 1:
             candidates.append(tuple(args.extra_inputs))
     rows = banded_rows(rows, picks)
+    if args.errors_from:
+        path, _, column = args.errors_from.rpartition(":")
+        reported = {r["filename"]: r[column] for r in read_per_image_csv(Path(path))[0]}
+        rows = [r | {"df_mm": reported[r["filename"]] - r["hc_ref_mm"]}
+                for r in rows if r["filename"] in reported]  # fmt: skip
+        print(f"# errors of {column} from {path}")
     large = [abs(r["df_mm"]) > LARGE_ERROR_MM for r in rows]
     by_tri = {t: sum(g for g, r in zip(large, rows, strict=True) if r["trimester"] == t)
               for t in TRIMESTERS}  # fmt: skip
