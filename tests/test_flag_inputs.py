@@ -121,3 +121,25 @@ def test_a_column_of_another_table_is_judged_on_the_images_in_both(tmp_path) -> 
     at_10 = {name: c[1] for name, c in report["candidates"].items()}
     assert at_10["shipped + scale176x272_rel"] == {"share": 0.1, "flagged": 0.1, "caught": 1.0}
     assert at_10["shipped"] == {"share": 0.1, "flagged": 0.0, "caught": 0.0}
+
+
+def test_the_errors_of_another_reported_hc_are_judged(tmp_path) -> None:
+    module = load()
+    path, reported = tmp_path / "per_image.csv", tmp_path / "prior.csv"
+    write_rows(path, rows())
+    # The reported HC (after a prior, say) is 1 mm from the reference everywhere except
+    # the first 2 images of each fold, 6 mm off: 10 large errors instead of 20, and the
+    # flip input (which marks the first 4 of each fold) still catches them all.
+    hc = [
+        {"filename": r["filename"], "fold": r["fold"],
+         "hc_prior_mm": r["hc_ref_mm"] + (6.0 if i % 40 < 2 else 1.0)}
+        for i, r in enumerate(rows())
+    ]  # fmt: skip
+    write_rows(reported, hc)
+    out = tmp_path / "r.json"
+    sys.argv = ["flag_inputs.py", str(path), "--levels", str(write_levels(tmp_path))]
+    sys.argv += ["--errors-from", f"{reported}:hc_prior_mm", "--out", str(out)]
+    module.main()
+    report = json.loads(out.read_text())
+    assert report["n"] == 200 and report["large_errors"] == 10
+    assert report["candidates"]["shipped + flip"][1]["caught"] == 1.0
