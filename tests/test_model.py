@@ -166,12 +166,22 @@ def test_shipped_weights_describe_themselves() -> None:
     assert meta["cross_validation"]["accuracy"]["plain"]["adf_mm"][0] == pytest.approx(
         2.32, abs=0.005
     )
+    prior = meta["inference"].pop("shape_prior")
     assert meta["inference"] == {
         "tta": False,
         "level": 0.6,
         "level_by_band": {"first": 0.55, "second": 0.55, "third": 0.6},
     }
     assert meta["cross_validation"]["level_by_band"]["levels"] == meta["inference"]["level_by_band"]
+    # benchmarks/results/aspect_prior/report.md: weights 0.3 / 0.1 / 0.1, axis ratios
+    # 0.828 / 0.787 / 0.798, chosen on all five folds.
+    assert {b: p["weight"] for b, p in prior.items()} == {"first": 0.3, "second": 0.1, "third": 0.1}
+    assert [round(prior[b]["ratio"], 3) for b in ("first", "second", "third")] == [
+        0.828,
+        0.787,
+        0.798,
+    ]
+    assert meta["cross_validation"]["shape_prior"]["prior"] == prior
     assert {"hc_interval", "qc_flag"} <= set(meta["calibration"])
     assert all(m["learned"] is not None for m in meta["calibration"]["hc_interval"])
     recipes = meta["cross_validation"]["recipes"]["comparisons"]
