@@ -62,8 +62,11 @@ Geometry = dict[str, tuple[Ellipse, Ellipse, Case, tuple[int, int]]]
 
 
 def held_out_rows(data: str, run: Path, levels: dict[str, float]) -> tuple[list[dict], Geometry]:
-    """One row per held-out image with a head (its case columns and both ellipses' axes in
-    mm), and each one's ellipses for the overlap measures."""
+    """Rows of the held-out images with a head, and their ellipses.
+
+    Each row has the case columns and both ellipses' axes in mm; the geometry keeps
+    each image's fitted and reference ellipse for the overlap measures.
+    """
     rows, geometry = [], {}
     for fold, case, prob, lb in held_out_maps(data, run):
         e = fit_by_band(prob, lb, "full", levels, levels["second"], case.pixel_size_mm)[0]

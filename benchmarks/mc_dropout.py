@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 from cv_report import TRIMESTERS, case_row, cluster_bootstrap, fmt, held_out_cases
-from scale_passes import banded_hc, check_reference
+from scale_passes import banded_hc, check_reference, write_run
 
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.model import Checkpoint
@@ -168,11 +167,6 @@ def main() -> None:
             rows += fold_rows(fold_dir, ckpt, args.data, args.passes, seconds, args.limit)
     if not rows:
         raise SystemExit(f"{args.runs}: no fold with final.pt")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "per_image.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     folds = sorted({r["fold"] for r in rows})
     text = [
         f"# Monte Carlo dropout on the held-out heads ({len(rows)} images, folds {folds}, "
@@ -186,8 +180,7 @@ def main() -> None:
     ]
     if args.reference:
         text += ["", check_reference(rows, args.reference)]
-    (args.out / "report.md").write_text("\n".join(text) + "\n")
-    print("\n".join(text))
+    write_run(args.out, rows, text)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,17 @@ def check_reference(rows: list[dict], reference: Path) -> str:
     return f"Own-size pass against {reference} (P = 0.55 and 0.6): max |dHC| = {worst:.2g} mm"
 
 
+def write_run(out: Path, rows: list[dict], text: list[str]) -> None:
+    """The rows as ``OUT/per_image.csv`` and ``text`` as ``OUT/report.md``, also printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "per_image.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "report.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+
+
 def report(rows: list[dict], sizes: list[tuple[int, int]], own: tuple[int, int]) -> str:
     """ADF of each pass and average, paired with the own size, on the images all measured.
 
@@ -188,11 +199,6 @@ def main() -> None:
             rows += fold_rows(fold_dir, ckpt, args.data, args.sizes, seconds, args.limit)
     if not rows or own is None:
         raise SystemExit(f"{args.runs}: no fold with final.pt")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "per_image.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     folds = sorted({r["fold"] for r in rows})
     timing = ", ".join(f"{k} {1000 * v / len(rows):.0f} ms" for k, v in seconds.items())
     text = [
@@ -207,8 +213,7 @@ def main() -> None:
     ]
     if args.reference:
         text += ["", check_reference(rows, args.reference)]
-    (args.out / "report.md").write_text("\n".join(text) + "\n")
-    print("\n".join(text))
+    write_run(args.out, rows, text)
 
 
 if __name__ == "__main__":

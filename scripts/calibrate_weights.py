@@ -105,6 +105,20 @@ def read_heldout_rows(
     return rows, folds
 
 
+def store_choice(meta: dict, name: str, report: Path | None, key: str, script: str) -> None:
+    """Store a default chosen on the folds, and its evidence.
+
+    ``report[key]`` (the JSON of ``benchmarks/<script>``) becomes ``inference[name]``
+    and the whole report ``cross_validation[name]``; without a report, any earlier
+    choice is dropped.
+    """
+    meta["inference"].pop(name, None)
+    if report is not None:
+        chosen = json.loads(report.read_text())
+        meta["inference"][name] = chosen[key]
+        meta["cross_validation"][name] = {"source": f"benchmarks/{script} ({report})", **chosen}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -229,22 +243,8 @@ def main() -> None:
         }
     ck.meta.setdefault("inference", {})["tta"] = bool(tta_gain >= TTA_MIN_GAIN_MM)
     ck.meta["inference"]["level"] = args.boundary_level
-    ck.meta["inference"].pop("level_by_band", None)
-    if args.level_by_band:
-        by_band = json.loads(args.level_by_band.read_text())
-        ck.meta["inference"]["level_by_band"] = by_band["levels"]
-        ck.meta["cross_validation"]["level_by_band"] = {
-            "source": f"benchmarks/level_by_band.py ({args.level_by_band})",
-            **by_band,
-        }
-    ck.meta["inference"].pop("shape_prior", None)
-    if args.shape_prior:
-        prior = json.loads(args.shape_prior.read_text())
-        ck.meta["inference"]["shape_prior"] = prior["prior"]
-        ck.meta["cross_validation"]["shape_prior"] = {
-            "source": f"benchmarks/aspect_prior.py ({args.shape_prior})",
-            **prior,
-        }
+    store_choice(ck.meta, "level_by_band", args.level_by_band, "levels", "level_by_band.py")
+    store_choice(ck.meta, "shape_prior", args.shape_prior, "prior", "aspect_prior.py")
     if args.threshold_images:
         scores = shipped_scores(ck, args.threshold_images, args.threshold_pixel_size_csv)
         flag = dataclasses.replace(flag, threshold=float(np.quantile(scores, 1.0 - FLAG_SHARE)))
