@@ -150,14 +150,17 @@ def interval_coverage(
     """Coverage of the reference by the interval around ``row[key]``, per trimester.
 
     The interval (learned scale) is calibrated at P = 0.6 on the other folds' rows of
-    ``per_image``, as the shipped one is, and read with each image's own inputs there.
+    ``per_image``, as the shipped one is; its relative width is read with each image's
+    own inputs there and its HC before the prior, as ``predict`` reads it.
     """
     cal = {r["filename"]: r for r in read_per_image_csv(per_image)[0] if "blur" in r}
     hit: dict[str, list[bool]] = {t: [] for t in (*TRIMESTERS, "all")}
     for fold in sorted({r["fold"] for r in rows}):
         model = fit_interval([r for r in cal.values() if r["fold"] != fold], level, "learned")
         for r in (r for r in rows if r["fold"] == fold and r["filename"] in cal):
-            low, high = model.interval(r[key], cal[r["filename"]])
+            # As predict does: the width is read with the fit before the prior.
+            half = r[key] * model.scale(r["hc_plain_mm"], cal[r["filename"]])
+            low, high = r[key] - half, r[key] + half
             for group in (r["trimester"], "all"):
                 hit[group].append(bool(low <= r["hc_ref_mm"] <= high))
     return {k: float(np.mean(v)) for k, v in hit.items() if v}
