@@ -209,7 +209,10 @@ def main() -> None:
     if args.flag_errors:
         path, _, column = args.flag_errors.rpartition(":")
         with open(path, newline="") as fh:
-            reported = {r["filename"]: float(r[column]) for r in csv.DictReader(fh)}
+            table = csv.DictReader(fh)
+            if column not in (table.fieldnames or []) or "filename" not in table.fieldnames:
+                ap.error(f"--flag-errors: {path} has no 'filename' and {column!r} columns")
+            reported = {r["filename"]: float(r[column]) for r in table}
         ok = [
             r | {"reported_hc_mm": reported[r["filename"]]} for r in ok if r["filename"] in reported
         ]
