@@ -64,12 +64,19 @@ REFINE_MIN_ZOOM = 1.1
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "hc18_resunet16.pt"
 
 
+def _each_band(stored: Any, name: str, what: str) -> bool:
+    """Whether the weights give ``name``; raise unless it is ``what`` for each HC band."""
+    if stored is None:
+        return False
+    if not isinstance(stored, dict) or set(stored) != set(BANDS):
+        raise ValueError(f"the weights' {name} must give {what} for each of {BANDS}")
+    return True
+
+
 def _band_levels(stored: Any) -> dict[str, float] | None:
     """Check the weights' ``level_by_band``: a level in (0, 1) for each HC band."""
-    if stored is None:
+    if not _each_band(stored, "level_by_band", "a level"):
         return None
-    if not isinstance(stored, dict) or set(stored) != set(BANDS):
-        raise ValueError(f"the weights' level_by_band must give a level for each of {BANDS}")
     levels = {b: float(stored[b]) for b in BANDS}
     if not all(0.0 < v < 1.0 for v in levels.values()):
         raise ValueError(f"the weights' level_by_band levels must lie in (0, 1), got {levels}")
@@ -78,10 +85,8 @@ def _band_levels(stored: Any) -> dict[str, float] | None:
 
 def _shape_prior(stored: Any) -> dict[str, tuple[float, float]] | None:
     """Check the weights' ``shape_prior``: an axis ratio and a blend weight for each HC band."""
-    if stored is None:
+    if not _each_band(stored, "shape_prior", "a ratio and weight"):
         return None
-    if not isinstance(stored, dict) or set(stored) != set(BANDS):
-        raise ValueError(f"the weights' shape_prior must give a ratio and weight for {BANDS}")
     prior = {}
     for band in BANDS:
         entry = stored[band]
