@@ -230,6 +230,27 @@ def read_per_image_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, [f"fold{k}" for k in sorted({r["fold"] for r in rows})]
 
 
+def read_column(spec: str) -> dict[str, float]:
+    """``{filename: value}`` of one column of a per-image CSV, given as ``CSV:COLUMN``.
+
+    The table is read with :func:`read_per_image_csv` (so it needs a ``fold`` column);
+    images whose cell is empty are left out.
+
+    Raises:
+        ValueError: If ``spec`` names no column, or the table has no ``filename`` column
+            or no cell of that column.
+
+    """
+    path, _, column = spec.rpartition(":")
+    if not path or not column:
+        raise ValueError(f"expected CSV:COLUMN, got {spec!r}")
+    rows = read_per_image_csv(Path(path))[0]
+    values = {r["filename"]: float(r[column]) for r in rows if "filename" in r and column in r}
+    if not values:
+        raise ValueError(f"{path} has no 'filename' column or no value in column {column!r}")
+    return values
+
+
 def merge_rows(rows: list[dict], extra: list[dict], source: str) -> list[dict]:
     """``rows`` and ``extra`` (rows of other folds, e.g. read from a committed per_image.csv).
 

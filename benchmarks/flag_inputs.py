@@ -42,7 +42,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from cv_report import TRIMESTERS, read_per_image_csv
+from cv_report import TRIMESTERS, read_column, read_per_image_csv
 from level_by_band import df_at
 
 from fetalhead.uncertainty import LARGE_ERROR_MM, band_of, flag_inputs, ridge_logistic
@@ -234,7 +234,7 @@ def main() -> None:
     rows = banded_rows(rows, picks)
     if args.errors_from:
         path, _, column = args.errors_from.rpartition(":")
-        reported = {r["filename"]: r[column] for r in read_per_image_csv(Path(path))[0]}
+        reported = read_column(args.errors_from)
         rows = [r | {"df_mm": reported[r["filename"]] - r["hc_ref_mm"]}
                 for r in rows if r["filename"] in reported]  # fmt: skip
         print(f"# errors of {column} from {path}")

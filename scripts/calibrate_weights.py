@@ -50,7 +50,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import sys
@@ -67,7 +66,7 @@ from fetalhead.uncertainty import LEVELS, IntervalScale, band_of, fit_flag, fit_
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
-from cv_report import read_per_image_csv
+from cv_report import read_column, read_per_image_csv
 
 #: TTA is recommended only if cross-validation shows at least this much less ADF (mm).
 TTA_MIN_GAIN_MM = 0.1
@@ -207,12 +206,10 @@ def main() -> None:
     ok = [r for r in rows if "rel_rms" in r and np.isfinite(r.get("plain_hc_mm", np.nan))]
     error_key = "plain_hc_mm"
     if args.flag_errors:
-        path, _, column = args.flag_errors.rpartition(":")
-        with open(path, newline="") as fh:
-            table = csv.DictReader(fh)
-            if column not in (table.fieldnames or []) or "filename" not in table.fieldnames:
-                ap.error(f"--flag-errors: {path} has no 'filename' and {column!r} columns")
-            reported = {r["filename"]: float(r[column]) for r in table}
+        try:
+            reported = read_column(args.flag_errors)
+        except ValueError as err:
+            ap.error(f"--flag-errors: {err}")
         ok = [
             r | {"reported_hc_mm": reported[r["filename"]]} for r in ok if r["filename"] in reported
         ]
