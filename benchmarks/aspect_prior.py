@@ -43,14 +43,13 @@ from cv_report import (
     cluster_bootstrap,
     ellipse_metrics,
     fmt,
-    held_out_maps,
+    held_out_fits,
     parse_run_arguments,
     read_per_image_csv,
 )
 
 from fetalhead.data import Case, label_ellipse
 from fetalhead.geometry.ellipse import Ellipse, blend_long_axis, ramanujan_perimeter
-from fetalhead.predict import fit_by_band
 from fetalhead.uncertainty import band_of, fit_interval
 
 #: The blend weights tried for each band.
@@ -68,10 +67,7 @@ def held_out_rows(data: str, run: Path, levels: dict[str, float]) -> tuple[list[
     each image's fitted and reference ellipse for the overlap measures.
     """
     rows, geometry = [], {}
-    for fold, case, prob, lb in held_out_maps(data, run):
-        e = fit_by_band(prob, lb, "full", levels, levels["second"], case.pixel_size_mm)[0]
-        if e is None:
-            continue
+    for fold, case, e, lb in held_out_fits(data, run, levels):
         ref, px = label_ellipse(case), case.pixel_size_mm
         geometry[case.image.name] = (e, ref, case, (lb.in_h, lb.in_w))
         major, minor = max(e.a, e.b) * px, min(e.a, e.b) * px

@@ -24,13 +24,12 @@ from cv_report import (
     case_row,
     cluster_bootstrap,
     fmt,
-    held_out_maps,
+    held_out_fits,
     parse_run_arguments,
 )
 
 from fetalhead.data import label_ellipse
 from fetalhead.geometry.ellipse import Ellipse, ramanujan_perimeter
-from fetalhead.predict import fit_by_band
 
 COLUMNS = {
     "major_mm": "semi-major error (mm)",
@@ -59,12 +58,10 @@ def axis_row(e: Ellipse, ref: Ellipse, pixel_mm: float) -> dict[str, float]:
 
 def held_out_rows(data: str, run: Path, levels: dict[str, float]) -> list[dict]:
     """One row per held-out image of ``run`` with a head found: its case columns and axes."""
-    rows = []
-    for fold, case, prob, lb in held_out_maps(data, run):
-        e, _, _, _ = fit_by_band(prob, lb, "full", levels, levels["second"], case.pixel_size_mm)
-        if e is not None:
-            rows.append(case_row(case, fold) | axis_row(e, label_ellipse(case), case.pixel_size_mm))
-    return rows
+    return [
+        case_row(case, fold) | axis_row(e, label_ellipse(case), case.pixel_size_mm)
+        for fold, case, e, _ in held_out_fits(data, run, levels)
+    ]
 
 
 def table(rows: list[dict]) -> str:

@@ -42,6 +42,7 @@ from fetalhead.geometry.ellipse import Ellipse, boundary_rms
 from fetalhead.geometry.letterbox import Letterbox
 from fetalhead.gestation import hadlock_1984, trimester
 from fetalhead.postprocess import postprocess
+from fetalhead.predict import fit_by_band
 from fetalhead.readers import read_gray
 from fetalhead.training import TrainConfig
 from fetalhead.uncertainty import (
@@ -151,6 +152,20 @@ def held_out_maps(data: str, run: Path) -> Iterator[tuple[int, Case, np.ndarray,
             prob = plain.astype(np.float32)
             h, w = read_gray(case.image).shape
             yield fold, case, prob, Letterbox(h, w, *prob.shape, keep_aspect)
+
+
+def held_out_fits(
+    data: str, run: Path, levels: dict[str, float]
+) -> Iterator[tuple[int, Case, Ellipse, Letterbox]]:
+    """``(fold, case, ellipse, letterbox)`` for each held-out image of ``run`` with a head.
+
+    The ellipse is fitted to the plain map (:func:`held_out_maps`) as ``predict`` fits
+    it, at the level of its HC band (``levels``; before any shape prior).
+    """
+    for fold, case, prob, lb in held_out_maps(data, run):
+        e = fit_by_band(prob, lb, "full", levels, levels["second"], case.pixel_size_mm)[0]
+        if e is not None:
+            yield fold, case, e, lb
 
 
 def per_image(data: str, runs: Path, level: float = 0.5) -> list[dict]:
