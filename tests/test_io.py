@@ -162,3 +162,17 @@ def test_atomic_writer_keeps_old_file_on_crash(tmp_path: Path) -> None:
     with atomic_writer(p) as fh:
         fh.write("new\n")
     assert p.read_text() == "new\n"
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    # Stored raster 40 x 60 with a bright top-left corner; orientation 6 means "rotate
+    # 90 degrees clockwise to display", so the image is shown 60 x 40, corner top-right.
+    raster = np.zeros((40, 60), np.uint8)
+    raster[:10, :10] = 255
+    im = Image.fromarray(raster)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "rotated.png", exif=exif)
+    g = read_gray(tmp_path / "rotated.png")
+    assert g.shape == (60, 40)
+    assert g[:10, -10:].min() == 255 and g[-10:, :10].max() == 0

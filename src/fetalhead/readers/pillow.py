@@ -6,13 +6,18 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fetalhead.image import MAX_IMAGE_PIXELS, InputError, LoadedImage, check_size, to_uint8_gray
 
 
 class PillowReader:
-    """Any format Pillow can open; colour and palette images become grayscale."""
+    """Any format Pillow can open; colour and palette images become grayscale.
+
+    An EXIF orientation (a phone's photo of the scanner's screen, say) is applied, so
+    the network and the overlay see the image the way a viewer shows it, not its
+    stored raster turned on its side.
+    """
 
     name = "pillow"
 
@@ -31,6 +36,7 @@ class PillowReader:
             with im:
                 check_size((im.height, im.width), name)
                 im.load()
+                im = ImageOps.exif_transpose(im)
                 if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
                     im = im.convert("RGB")
                 arr = np.asarray(im)
