@@ -5,8 +5,9 @@ Usage (from the repository root, after ``bash scripts/setup.sh``):
     .venv/bin/python benchmarks/bench_predict.py                 # shipped weights, examples/
     .venv/bin/python benchmarks/bench_predict.py --images ../shared/data/hc18/test_set --n 200
 
-Prints images/s and per-stage time (decode, preprocess, model, post-process)
-for each variant, its speed-up over the PyTorch eager fp32 batch-1 baseline,
+Prints images/s and per-stage time (decode, preprocess, model, post-process: all that
+``predict`` does after the network; the table of 2026-11-24 in ``benchmarks/README.md``
+timed the ellipse fit alone, at P = 0.5) for each variant, its speed-up over the PyTorch eager fp32 batch-1 baseline,
 the largest HC difference from that baseline, the model's FLOPs per image and
 the achieved GFLOP/s, and the peak memory of ``fetalhead predict`` (with its
 worker processes) on a 1,000-image folder. ``--repeats R`` runs all variants R
@@ -33,7 +34,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from fetalhead.batch import prefetch
 from fetalhead.infer.backends import TorchBackend, preprocess
 from fetalhead.infer.hardware import bf16_supported
-from fetalhead.postprocess import postprocess
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
 from fetalhead.readers import read_gray
 
@@ -163,9 +163,11 @@ def run_variant(
         probs = m._probabilities(batch)
         stages["model"] += time.perf_counter() - t
         t = time.perf_counter()
-        for prob, (_, lb) in zip(probs, prepared, strict=True):
-            e, _, _, _ = postprocess(prob, lb, v.post)  # type: ignore[arg-type]
-            hcs.append(e.perimeter * px if e is not None else float("nan"))
+        for (img, _), prob, (_, lb) in zip(chunk, probs, prepared, strict=True):
+            # What predict does after the network: the fit at the HC band's level, the
+            # non-head check, the interval, the flag, the shape prior and the HC gate.
+            r = m._hc_gate(m._finish(img, prob, lb, px, "bench"))
+            hcs.append(float("nan") if r.hc_mm is None else r.hc_mm)
         stages["post"] += time.perf_counter() - t
     total = time.perf_counter() - t0
     n = len(files)
