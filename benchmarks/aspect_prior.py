@@ -22,7 +22,9 @@ JSON for ``scripts/calibrate_weights.py --shape-prior``, and the per-image rows 
 it as ``per_image.csv``). With ``--per-image`` (the
 committed ``per_image.csv`` of the same folds, with the interval's inputs) it also
 checks the 90 % HC interval, calibrated at P = 0.6 on the other folds, against the HC
-with the prior. HC18 images (van den Heuvel et al. 2018, CC BY 4.0).
+with the prior. With ``--paired-with`` (this script's ``per_image.csv`` of another run
+of the same folds) it compares two recipes as ``predict`` would measure with each, image
+by image. HC18 images (van den Heuvel et al. 2018, CC BY 4.0).
 
     python benchmarks/aspect_prior.py ../shared/data/hc18/training_set --run runs/cv5_s2 \
         --per-image benchmarks/results/shipped_cv5/per_image.csv \
@@ -218,6 +220,59 @@ def table(stats: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _column(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([r[key] for r in rows], dtype=float)
+
+
+def paired_change(rows: list[dict], other: list[dict]) -> dict[str, dict]:
+    """Against another run's rows of this script: the same images, each with its prior.
+
+    Per trimester and over all: ADF of both with the prior (each run's own, chosen
+    fold by fold), the paired change (this run minus the other), and the paired changes
+    of DSC and HD. Each value is ``(mean, low, high)`` over scan prefixes.
+    """
+    base = {r["filename"]: r for r in other}
+    both = [r for r in rows if r["filename"] in base]
+    out = {}
+    for group in (*TRIMESTERS, "all"):
+        mine = [r for r in both if group in ("all", r["trimester"])]
+        if not mine:
+            continue
+        theirs = [base[r["filename"]] for r in mine]
+        g = np.array([r["prefix"] for r in mine])
+
+        adf, adf_base = (
+            np.abs(_column(x, "hc_prior_mm") - _column(x, "hc_ref_mm")) for x in (mine, theirs)
+        )
+        out[group] = {
+            "n": len(mine),
+            "adf_base": cluster_bootstrap(adf_base, g),
+            "adf": cluster_bootstrap(adf, g),
+            "adf_change": cluster_bootstrap(adf - adf_base, g),
+            "dsc_change": cluster_bootstrap(
+                _column(mine, "dsc_prior") - _column(theirs, "dsc_prior"), g
+            ),
+            "hd_change": cluster_bootstrap(
+                _column(mine, "hd_prior_mm") - _column(theirs, "hd_prior_mm"), g
+            ),
+        }
+    return out
+
+
+def paired_table(stats: dict[str, dict]) -> str:
+    """:func:`paired_change` as a Markdown table."""
+    lines = [
+        "| trimester | images | ADF, the other run (mm) | ADF, this run (mm) | paired change (mm) "
+        "| DSC change (pp) | HD change (mm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group, st in stats.items():
+        cells = [fmt(st["adf_base"]), fmt(st["adf"]), fmt(st["adf_change"], sign=True)]
+        cells += [fmt(st["dsc_change"], 100, sign=True), fmt(st["hd_change"], sign=True)]
+        lines.append(f"| {group} | {st['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", type=Path, help="write the choice and its evidence as JSON here")
     ap.add_argument("--per-image", type=Path, help="cv_report.py's per_image.csv of the folds")
@@ -227,6 +282,13 @@ def options(ap: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FILE",
         help="images to leave out of the tables (for example those predict gives no number)",
+    )
+    ap.add_argument(
+        "--paired-with",
+        type=Path,
+        metavar="CSV",
+        help="the per_image.csv this script wrote for another run of the same folds (the "
+        "recipe this one builds on): compare the two image by image, each with its prior",
     )
 
 
@@ -268,6 +330,11 @@ def main() -> None:
             f"around {key} covers the reference: "
             + ", ".join(f"{k} {v:.1%}" for k, v in cover[key].items())
         )
+    paired = None
+    if args.paired_with:
+        paired = paired_change(rows, read_per_image_csv(args.paired_with)[0])
+        print(f"\nAgainst {args.paired_with}, the same images, each run with its own prior:\n")
+        print(paired_table(paired))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
@@ -282,6 +349,9 @@ def main() -> None:
             "levels": levels,
             "interval90_coverage": cover or None,
             "accuracy_mm": stats,
+            "paired_with": None
+            if paired is None
+            else {"per_image": str(args.paired_with), "change": paired},
         }
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         with open(args.out.with_name("per_image.csv"), "w", newline="") as fh:

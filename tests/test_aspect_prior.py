@@ -79,3 +79,26 @@ def test_overlap_of_an_exact_fit_and_of_its_prior() -> None:
     assert r["dsc_plain"] == pytest.approx(1.0) and r["dsc_prior"] == pytest.approx(1.0)
     assert r["hd_plain_mm"] == pytest.approx(0.0, abs=1e-6)
     assert r["hd_prior_mm"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_two_runs_are_compared_image_by_image() -> None:
+    module = load()
+
+    def rows(errors: list[float]) -> list[dict]:
+        return [
+            {"filename": f"{i:03d}_HC.png", "prefix": f"{i:03d}", "trimester": "second",
+             "hc_ref_mm": 170.0, "hc_prior_mm": 170.0 + e, "dsc_prior": 0.97,
+             "hd_prior_mm": 1.0 + abs(e) / 10}
+            for i, e in enumerate(errors)
+        ]  # fmt: skip
+
+    base = rows([2.0, -4.0, 1.0, 0.0])
+    # This run: 1 mm nearer on the first two images, 1 mm farther on the third; the
+    # fourth image only the base measured, so it is left out of both.
+    change = module.paired_change(rows([1.0, -3.0, 2.0]), base)["all"]
+    assert change["n"] == 3
+    assert change["adf_base"][0] == pytest.approx(7.0 / 3)
+    assert change["adf"][0] == pytest.approx(2.0)
+    assert change["adf_change"][0] == pytest.approx(-1.0 / 3)
+    assert change["dsc_change"][0] == pytest.approx(0.0)
+    assert change["hd_change"][0] == pytest.approx(-0.1 / 3)
