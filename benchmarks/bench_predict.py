@@ -7,8 +7,9 @@ Usage (from the repository root, after ``bash scripts/setup.sh``):
 
 Prints images/s and per-stage time (decode, preprocess, model, post-process: all that
 ``predict`` does after the network; the table of 2026-11-24 in ``benchmarks/README.md``
-timed the ellipse fit alone, at P = 0.5) for each variant, its speed-up over the PyTorch eager fp32 batch-1 baseline,
-the largest HC difference from that baseline, the model's FLOPs per image and
+timed the ellipse fit alone, at P = 0.5) for each variant, its speed-up over the
+PyTorch eager fp32 batch-1 baseline, the largest HC difference from that baseline, the
+model's FLOPs per image and
 the achieved GFLOP/s, and the peak memory of ``fetalhead predict`` (with its
 worker processes) on a 1,000-image folder. ``--repeats R`` runs all variants R
 times in turn and reports medians, since a shared machine's speed drifts.
