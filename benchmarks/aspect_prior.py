@@ -164,6 +164,10 @@ def interval_coverage(
     return {k: float(np.mean(v)) for k, v in hit.items() if v}
 
 
+def _column(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([r[key] for r in rows], dtype=float)
+
+
 def summary(rows: list[dict]) -> dict[str, dict]:
     """Per trimester and over all: ADF and DF plain and with the prior, and the paired change.
 
@@ -173,9 +177,9 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     for group in (*TRIMESTERS, "all"):
         sel = [r for r in rows if group in ("all", r["trimester"])]
         g = np.array([r["prefix"] for r in sel])
-        ref = np.array([r["hc_ref_mm"] for r in sel])
-        df_p = np.array([r["hc_plain_mm"] for r in sel]) - ref
-        df_b = np.array([r["hc_prior_mm"] for r in sel]) - ref
+        ref = _column(sel, "hc_ref_mm")
+        df_p = _column(sel, "hc_plain_mm") - ref
+        df_b = _column(sel, "hc_prior_mm") - ref
         out[group] = {
             "n": len(sel),
             "adf_plain": cluster_bootstrap(np.abs(df_p), g),
@@ -186,7 +190,7 @@ def summary(rows: list[dict]) -> dict[str, dict]:
         }
         for key in ("dsc_plain", "dsc_prior", "hd_plain_mm", "hd_prior_mm"):
             if all(key in r for r in sel):
-                out[group][key] = cluster_bootstrap(np.array([r[key] for r in sel]), g)
+                out[group][key] = cluster_bootstrap(_column(sel, key), g)
     return out
 
 
@@ -218,10 +222,6 @@ def table(stats: dict[str, dict]) -> str:
             cells += [fmt(st["hd_plain_mm"]), fmt(st["hd_prior_mm"])]
             lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _column(rows: list[dict], key: str) -> np.ndarray:
-    return np.array([r[key] for r in rows], dtype=float)
 
 
 def paired_change(rows: list[dict], other: list[dict]) -> dict[str, dict]:

@@ -9,9 +9,8 @@ Prints images/s and per-stage time (decode, preprocess, model, post-process: all
 ``predict`` does after the network; the table of 2026-11-24 in ``benchmarks/README.md``
 timed the ellipse fit alone, at P = 0.5) for each variant, its speed-up over the
 PyTorch eager fp32 batch-1 baseline, the largest HC difference from that baseline, the
-model's FLOPs per image and
-the achieved GFLOP/s, and the peak memory of ``fetalhead predict`` (with its
-worker processes) on a 1,000-image folder. ``--repeats R`` runs all variants R
+model's FLOPs per image and the achieved GFLOP/s, and the peak memory of ``fetalhead
+predict`` (with its worker processes) on a 1,000-image folder. ``--repeats R`` runs all variants R
 times in turn and reports medians, since a shared machine's speed drifts.
 """
 
@@ -72,8 +71,7 @@ VARIANTS = [
     Variant("torch bf16, batch 8", "torch-bf16", 8, True, "full", True),
     Variant("torch bf16 compiled, batch 8", "torch-bf16", 8, True, "full", True, True),
     Variant("torch bf16, batch 8, 2 processes", "torch-bf16", 8, True, "full", False, processes=2),
-    # The shape prior acts in the measurer's own post-processing, which only the rows with
-    # worker processes run whole (the others time the map's ellipse fit alone).
+    # The shape prior's cost: the same row with the measurer's prior turned off.
     Variant(
         "torch bf16, batch 8, 2 processes, no shape prior",
         "torch-bf16",
