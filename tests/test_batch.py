@@ -66,3 +66,17 @@ def test_parts_then_merge_equal_one_run(tmp_path, tiny_checkpoint) -> None:
     assert record["n_inputs"] > 1
     with pytest.raises(InputError, match="unfinished"):
         merge_parts([parts[0], tmp_path / "cut", parts[2]], tmp_path / "m3")
+
+
+def test_resume_refuses_a_table_with_other_columns(tmp_path, tiny_checkpoint, capsys) -> None:
+    # A table written by a version with fewer columns: appending would shift every value.
+    out = tmp_path / "o"
+    out.mkdir()
+    old = "filename,frame,n_frames,hc_mm,qc\n001_HC.png,,1,170,ok\n"
+    (out / "predictions.csv").write_text(old)
+    args = ["--backend", "torch", "--pixel-size", "0.1", "--resume"]
+    assert predict_cli([EXAMPLES / "054_HC.png"], out, tiny_checkpoint, *args) == 2
+    err = capsys.readouterr().err
+    assert "predictions.csv: its columns are not those this fetalhead writes" in err
+    assert "missing: center_x_mm, center_y_mm" in err
+    assert (out / "predictions.csv").read_text() == old  # untouched

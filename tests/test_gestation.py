@@ -7,7 +7,9 @@ from fetalhead.gestation import (
     format_weeks_days_range,
     hadlock_2sd_range,
     hadlock_1984,
+    intergrowth_2sd_range,
     intergrowth_21st,
+    intergrowth_hc_standard,
 )
 
 
@@ -107,3 +109,48 @@ def test_hadlock_formula_dates_the_published_mean_heads_within_2sd(weeks, hc_cm)
     low, high = hadlock_2sd_range(hc_cm * 10.0, hc_cm * 10.0)
     assert low <= weeks <= high
     assert abs(hadlock_1984(hc_cm * 10.0).weeks - weeks) < 0.08 * weeks
+
+
+# The INTERGROWTH-21st fetal growth standard for HC, its published table of z-scores
+# (grow_fetal-zs_hc_table, mm; Papageorghiou et al., Lancet 2014): weeks, -2 SD, mean, +2 SD.
+INTERGROWTH_HC_TABLE = [
+    (14.0, 86.7, 97.9, 109.0),
+    (20.0, 157.6, 172.5, 187.4),
+    (30.0, 259.9, 278.4, 296.9),
+    (40.0, 308.1, 333.9, 359.8),
+]
+
+
+@pytest.mark.parametrize(("weeks", "minus2", "mean", "plus2"), INTERGROWTH_HC_TABLE)
+def test_intergrowth_hc_standard_gives_the_published_table(weeks, minus2, mean, plus2) -> None:
+    m, sd = intergrowth_hc_standard(weeks)
+    # The table is rounded to 0.1 mm.
+    assert m == pytest.approx(mean, abs=0.06)
+    assert m - 2 * sd == pytest.approx(minus2, abs=0.06)
+    assert m + 2 * sd == pytest.approx(plus2, abs=0.06)
+
+
+@pytest.mark.parametrize(("weeks", "minus2", "mean", "plus2"), INTERGROWTH_HC_TABLE[1:3])
+def test_intergrowth_2sd_range_reads_the_standard_backwards(weeks, minus2, mean, plus2) -> None:
+    # A head at the table's +2 SD of a week is the youngest it can be within 2 SD: the
+    # range starts there; one at -2 SD is the oldest: the range ends there. 0.05 mm
+    # of rounding is under 0.01 weeks at 12-9 mm a week.
+    assert intergrowth_2sd_range(plus2, plus2)[0] == pytest.approx(weeks, abs=0.01)
+    assert intergrowth_2sd_range(minus2, minus2)[1] == pytest.approx(weeks, abs=0.01)
+    # The mean head's range holds its week, and so does the dating formula's GA for it.
+    low, high = intergrowth_2sd_range(mean, mean)
+    assert low < weeks < high
+    assert low < intergrowth_21st(mean).weeks < high
+    # An HC interval widens the range at both ends.
+    wide = intergrowth_2sd_range(mean - 5.0, mean + 5.0)
+    assert wide[0] < low and wide[1] > high
+
+
+def test_intergrowth_2sd_range_stays_inside_the_standard() -> None:
+    # 100 mm is below the +2 SD of 14 weeks (109.0 mm), so heads younger than 14 weeks
+    # hold it within 2 SD: the range would start before the standard does.
+    assert intergrowth_2sd_range(100.0, 100.0) is None
+    # 350 mm is above the -2 SD of 40 weeks (308.1 mm): the range would end after it.
+    assert intergrowth_2sd_range(350.0, 350.0) is None
+    with pytest.raises(ValueError, match="reversed"):
+        intergrowth_2sd_range(210.0, 200.0)

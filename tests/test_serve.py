@@ -1,4 +1,5 @@
 import io
+import re
 import socket
 import threading
 import time
@@ -85,6 +86,8 @@ def test_measure_png_and_overlay(client, measurer) -> None:
     assert "in_range" in d["ga"]["hadlock_1984"]
     spread = expected.ga_hadlock_2sd
     assert d["ga_hadlock_2sd_weeks"] == (pytest.approx(list(spread)) if spread else None)
+    spread = expected.ga_intergrowth_2sd
+    assert d["ga_intergrowth_2sd_weeks"] == (pytest.approx(list(spread)) if spread else None)
     ov = client.get(d["overlay_url"])
     assert ov.status_code == 200 and ov.content.startswith(b"\x89PNG")
     assert client.get("/api/v1/measure/nope/overlay.png").status_code == 404
@@ -233,11 +236,17 @@ def test_browser_end_to_end(live_server, tmp_path) -> None:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(live_server)
         page.set_input_files("#file", str(EXAMPLES / "054_HC.png"))
-        page.fill("#pixel", "0.0973")
+        # The fixed head is about 1,070 px round: at 0.17 mm, an HC of about 180 mm
+        # (20 weeks), inside both formulas' population ranges.
+        page.fill("#pixel", "0.17")
         page.click("#measure")
         page.wait_for_selector("#hc-value", timeout=30000)
         hc = page.text_content("#hc-value")
-        assert hc and hc.endswith("mm") and float(hc.split()[0]) > 0
+        assert hc and hc.endswith("mm") and 170 < float(hc.split()[0]) < 190
+        terms = page.locator("#numbers dt").all_text_contents()
+        values = dict(zip(terms, page.locator("#numbers dd").all_text_contents(), strict=True))
+        for formula in ("GA (Hadlock 1984)", "GA (INTERGROWTH-21st)"):
+            assert re.fullmatch(r"\d+w\dd \(\d+w\dd–\d+w\dd, ±2 SD\)", values[formula]), values
         page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
         assert page.locator("#table tbody tr").count() == 1
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)

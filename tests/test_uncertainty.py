@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fetalhead.geometry.ellipse import Ellipse
-from fetalhead.gestation import hadlock_1984
+from fetalhead.gestation import hadlock_1984, intergrowth_hc_standard
 from fetalhead.model import Checkpoint, ResUNet
 from fetalhead.predict import HeadMeasurer
 from fetalhead.uncertainty import (
@@ -193,10 +193,19 @@ def test_measurement_carries_its_interval(tmp_path) -> None:
     # With the population's +/-8 % (2 SD) at each end.
     assert row["ga_weeks_hadlock_2sd_low"] == pytest.approx(0.92 * row["ga_weeks_hadlock_low"])
     assert row["ga_weeks_hadlock_2sd_high"] == pytest.approx(1.08 * row["ga_weeks_hadlock_high"])
+    # And INTERGROWTH-21st's growth standard read backwards: the interval's lower end is
+    # its +2 SD at the range's start, the upper end its -2 SD at the range's end.
+    mean, sd = intergrowth_hc_standard(row["ga_weeks_intergrowth_2sd_low"])
+    assert mean + 2 * sd == pytest.approx(row["hc_low_mm"], abs=1e-6)
+    mean, sd = intergrowth_hc_standard(row["ga_weeks_intergrowth_2sd_high"])
+    assert mean - 2 * sd == pytest.approx(row["hc_high_mm"], abs=1e-6)
+    assert row["ga_weeks_intergrowth_2sd_low"] < row["ga_weeks_intergrowth_low"]
+    assert row["ga_weeks_intergrowth_high"] < row["ga_weeks_intergrowth_2sd_high"]
     # At 0.1 mm the same head is 44 mm, about 11 weeks: outside Hadlock's 14-42 weeks,
     # where no population spread was reported, so none is given.
     small = m.measure(synthetic_scan(Ellipse(200, 135, 80, 60, 0.3))[0], 0.1).to_row()
     assert small["ga_hadlock_in_range"] is False and small["ga_weeks_hadlock_2sd_low"] is None
+    assert small["ga_weeks_intergrowth_2sd_low"] is None
 
 
 def test_interval_features() -> None:

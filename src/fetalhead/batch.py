@@ -244,6 +244,24 @@ def check_output_dir(out: Path, inputs: list[InputFile], resume: bool, overwrite
         raise InputError(f"{out}: folder is not empty; pass --resume to continue or --overwrite")
 
 
+def check_columns(pred_path: Path, columns: list[str]) -> None:
+    """Refuse to resume a predictions table whose header is not this version's.
+
+    Its rows would be appended under the wrong columns.
+    """
+    if not pred_path.exists() or pred_path.stat().st_size == 0:
+        return
+    with open(pred_path, encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    if header != columns:
+        missing = [c for c in columns if c not in header]
+        raise InputError(
+            f"{pred_path}: its columns are not those this fetalhead writes (missing: "
+            f"{', '.join(missing) or 'none'}; it was written by another version); "
+            "resume into it with that version, or write to a new --out"
+        )
+
+
 def run_batch(
     measurer: HeadMeasurer,
     inputs: list[InputFile],
@@ -264,6 +282,8 @@ def run_batch(
     pred_path = out / "predictions.csv"
     if opts.overwrite and not opts.resume and pred_path.exists():
         pred_path.unlink()
+    if opts.resume:
+        check_columns(pred_path, PREDICTION_COLUMNS)
     earlier = read_predictions(pred_path) if opts.resume else []
     done = completed_files(earlier)
     if earlier:

@@ -16,7 +16,9 @@ __all__ = [
     "format_weeks_days_range",
     "hadlock_2sd_range",
     "hadlock_1984",
+    "intergrowth_2sd_range",
     "intergrowth_21st",
+    "intergrowth_hc_standard",
 ]
 
 #: Hadlock et al. 1984 (Radiology 152:497-501) derived its formulas on foetuses
@@ -32,6 +34,9 @@ INTERGROWTH_RANGE_WEEKS = (14.0, 40.0 + 6.0 / 7.0)
 #: A secondary source: the banded +/-2 SD table of Hadlock et al. (AJR 1982;138:649-653)
 #: could not be checked here, so it is not used.
 HADLOCK_2SD_FRACTION = 0.08
+#: The INTERGROWTH-21st fetal growth standard for HC (Papageorghiou et al., Lancet
+#: 2014;384:869-879) gives the mean and SD of HC at each GA from 14 to 40 exact weeks.
+INTERGROWTH_HC_STANDARD_WEEKS = (14.0, 40.0)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,67 @@ def intergrowth_21st(hc_mm: float) -> GAEstimate:
         return _estimate(float("nan"), "intergrowth_21st", INTERGROWTH_RANGE_WEEKS)
     days = math.exp(0.05970 * math.log(hc_mm) ** 2 + 0.000000006409 * hc_mm**3 + 3.3258)
     return _estimate(days / 7.0, "intergrowth_21st", INTERGROWTH_RANGE_WEEKS)
+
+
+def intergrowth_hc_standard(weeks: float) -> tuple[float, float]:
+    """Mean and SD of HC (mm) at a GA (exact weeks): the INTERGROWTH-21st growth standard.
+
+    mean = -28.2849 + 1.69267 GA^2 - 0.397485 GA^2 ln GA and
+    SD = 1.98735 + 0.0136772 GA^3 - 0.00726264 GA^3 ln GA + 0.000976253 GA^3 (ln GA)^2
+    (Papageorghiou et al., Lancet 2014;384:869-879), defined for 14 to 40 weeks.
+
+    Example: at 20 weeks, 172.48 and 7.44 mm; the standard's published table gives
+    157.6, 172.5 and 187.4 mm for -2 SD, the mean and +2 SD.
+    """
+    ln = math.log(weeks)
+    mean = -28.2849 + 1.69267 * weeks**2 - 0.397485 * weeks**2 * ln
+    sd = 1.98735 + weeks**3 * (0.0136772 - 0.00726264 * ln + 0.000976253 * ln**2)
+    return mean, sd
+
+
+def _weeks_where(hc_mm: float, z: float) -> float:
+    """The GA (weeks) at which ``hc_mm`` lies ``z`` SD from the standard's mean, or nan.
+
+    ``mean + z SD`` rises with GA over the standard's 14-40 weeks for |z| <= 2, so the
+    root is unique; nan when it lies outside those weeks.
+    """
+    lo, hi = INTERGROWTH_HC_STANDARD_WEEKS
+
+    def at(weeks: float) -> float:
+        mean, sd = intergrowth_hc_standard(weeks)
+        return mean + z * sd - hc_mm
+
+    if not (math.isfinite(hc_mm) and at(lo) <= 0.0 <= at(hi)):
+        return float("nan")
+    for _ in range(60):  # bisection to about 1e-17 weeks
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if at(mid) < 0.0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def intergrowth_2sd_range(hc_low_mm: float, hc_high_mm: float) -> tuple[float, float] | None:
+    """GA range (weeks) for an HC interval, with INTERGROWTH-21st's population spread.
+
+    It runs from the youngest GA at which the interval's lower end is within 2 SD of
+    the growth standard's mean HC (there it is +2 SD) to the oldest at which its upper
+    end is (there it is -2 SD): :func:`intergrowth_hc_standard` inverted. This is the
+    growth standard read backwards, not the prediction interval of the INTERGROWTH-21st
+    dating formula (:func:`intergrowth_21st`), which could not be checked here. Pass
+    the same HC twice for the population spread alone. ``None`` when either end falls
+    outside the standard's 14-40 weeks.
+
+    Example: 187.4 mm is +2 SD at 20 weeks in the standard's table, so a range for an
+    HC of 187.4 mm starts at 20.0 weeks; 157.6 mm is -2 SD there, so one for 157.6 mm
+    ends at 20.0 weeks.
+
+    Raises:
+        ValueError: If ``hc_low_mm`` is above ``hc_high_mm``.
+
+    """
+    if hc_low_mm > hc_high_mm:
+        raise ValueError(f"the HC interval is reversed: {hc_low_mm} > {hc_high_mm} mm")
+    low, high = _weeks_where(hc_low_mm, 2.0), _weeks_where(hc_high_mm, -2.0)
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else None
 
 
 def trimester(ga_weeks: float) -> str:

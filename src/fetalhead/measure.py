@@ -12,7 +12,13 @@ from numpy.typing import NDArray
 
 from fetalhead.geometry.ellipse import Ellipse
 from fetalhead.geometry.letterbox import Letterbox
-from fetalhead.gestation import GAEstimate, hadlock_2sd_range, hadlock_1984, intergrowth_21st
+from fetalhead.gestation import (
+    GAEstimate,
+    hadlock_2sd_range,
+    hadlock_1984,
+    intergrowth_2sd_range,
+    intergrowth_21st,
+)
 
 
 @dataclass
@@ -154,14 +160,30 @@ class Measurement:
         hc, ga = self.hc_mm, self.ga_hadlock
         if hc is None or ga is None or not ga.in_range:
             return None
+        return hadlock_2sd_range(*self._hc_ends(hc))
+
+    def _hc_ends(self, hc: float) -> tuple[float, float]:
+        """The HC interval's ends, or ``hc`` twice without a calibrated interval."""
         lo, hi = self.hc_low_mm, self.hc_high_mm
-        return hadlock_2sd_range(lo if lo is not None else hc, hi if hi is not None else hc)
+        return (lo if lo is not None else hc, hi if hi is not None else hc)
 
     @property
     def ga_intergrowth(self) -> GAEstimate | None:
         """Gestational age by INTERGROWTH-21st."""
         hc = self.hc_mm
         return intergrowth_21st(hc) if hc is not None else None
+
+    @property
+    def ga_intergrowth_2sd(self) -> tuple[float, float] | None:
+        """INTERGROWTH-21st GA range (weeks): the HC interval with the population's +/-2 SD.
+
+        The GA over which the interval's ends lie within 2 SD of the INTERGROWTH-21st
+        growth standard's mean HC (:func:`fetalhead.gestation.intergrowth_2sd_range`);
+        without a calibrated interval, the population spread at the HC alone. None
+        where an end falls outside the standard's 14-40 weeks.
+        """
+        hc = self.hc_mm
+        return intergrowth_2sd_range(*self._hc_ends(hc)) if hc is not None else None
 
     @cached_property
     def mask(self) -> NDArray[np.uint8] | None:
@@ -207,10 +229,14 @@ class Measurement:
             for name, fn in (("hadlock", hadlock_1984), ("intergrowth", intergrowth_21st))
             for end, hc in (("low", lo), ("high", hi))
         }
-        # Both: the HC interval (or HC alone, uncalibrated) widened by Hadlock's +/-2 SD.
-        spread = self.ga_hadlock_2sd
-        ga_range["ga_weeks_hadlock_2sd_low"] = spread[0] if spread else None
-        ga_range["ga_weeks_hadlock_2sd_high"] = spread[1] if spread else None
+        # Both: the HC interval (or HC alone, uncalibrated) widened by each formula's
+        # population +/-2 SD at a given HC.
+        for name, spread in (
+            ("hadlock", self.ga_hadlock_2sd),
+            ("intergrowth", self.ga_intergrowth_2sd),
+        ):
+            ga_range[f"ga_weeks_{name}_2sd_low"] = spread[0] if spread else None
+            ga_range[f"ga_weeks_{name}_2sd_high"] = spread[1] if spread else None
         row.update(
             {
                 "hc_mm": self.hc_mm,

@@ -172,10 +172,14 @@ def _result_json(m: Measurement, rid: str, model_version: str, level: float) -> 
             for g, key in ((gh, "hadlock"), (gi, "intergrowth"))
             if g is not None
         },
-        # Hadlock GA with the population's +/-2 SD at a given HC, around the HC interval.
-        "ga_hadlock_2sd_weeks": [row["ga_weeks_hadlock_2sd_low"], row["ga_weeks_hadlock_2sd_high"]]
-        if row["ga_weeks_hadlock_2sd_low"] is not None
-        else None,
+        # Each formula's GA with the population's +/-2 SD at a given HC, around the HC
+        # interval (fetalhead.gestation.hadlock_2sd_range, intergrowth_2sd_range).
+        **{
+            f"ga_{key}_2sd_weeks": [row[f"ga_weeks_{key}_2sd_low"], row[f"ga_weeks_{key}_2sd_high"]]
+            if row[f"ga_weeks_{key}_2sd_low"] is not None
+            else None
+            for key in ("hadlock", "intergrowth")
+        },
         "head_score": m.head_score,
         "pixel_size_mm": m.pixel_size_mm,
         "pixel_size_source": m.pixel_size_source,

@@ -99,8 +99,8 @@
     const items = [
       ["HC", hc === null ? "–" : `${fmt(hc)} mm${interval}`],
       ["BPD", `${fmt(bpd)} mm`], ["OFD", `${fmt(ofd)} mm`],
-      ["GA (Hadlock 1984)", hc === null ? "–" : weeksDays(hadlock(hc)) + gaSpread(d)],
-      ["GA (INTERGROWTH-21st)", hc === null ? "–" : weeksDays(intergrowth(hc))],
+      ["GA (Hadlock 1984)", hc === null ? "–" : weeksDays(hadlock(hc)) + gaSpread(d.ga_hadlock_2sd_weeks)],
+      ["GA (INTERGROWTH-21st)", hc === null ? "–" : weeksDays(intergrowth(hc)) + gaSpread(d.ga_intergrowth_2sd_weeks)],
       ["Values", edited() ? "edited" : "AI"],
       ["Pixel size", `${fmt(px, 4)} mm (${d.pixel_size_source})`],
       ["QC", d.qc], ["Model", d.model_version],
@@ -113,9 +113,8 @@
     }));
   }
 
-  // The AI's Hadlock range (HC interval with the population's +/-2 SD); not for edits.
-  function gaSpread(d) {
-    const r = d.ga_hadlock_2sd_weeks;
+  // The AI's GA range (HC interval with the population's +/-2 SD); not for edits.
+  function gaSpread(r) {
     return r && !edited() ? ` (${weeksDays(r[0])}–${weeksDays(r[1])}, ±2 SD)` : "";
   }
 
