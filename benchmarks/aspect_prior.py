@@ -194,33 +194,40 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def table(stats: dict[str, dict]) -> str:
     """:func:`summary` as a Markdown table."""
-    lines = [
-        "| trimester | images | ADF plain (mm) | ADF with the prior (mm) | paired change (mm) | "
-        "DF plain (mm) | DF with the prior (mm) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for group, st in stats.items():
-        cells = [
+    header = ["trimester", "images", "ADF plain (mm)", "ADF with the prior (mm)"]
+    header += ["paired change (mm)", "DF plain (mm)", "DF with the prior (mm)"]
+    rows = [
+        [
+            group,
+            str(st["n"]),
             fmt(st["adf_plain"]),
             fmt(st["adf_prior"]),
-            fmt(st["adf_change"], sign=True),
-            fmt(st["df_plain"], sign=True),
-            fmt(st["df_prior"], sign=True),
+            *(fmt(st[k], sign=True) for k in ("adf_change", "df_plain", "df_prior")),
         ]
-        lines.append(f"| {group} | {st['n']} | " + " | ".join(cells) + " |")
+        for group, st in stats.items()
+    ]
+    lines = markdown(header, rows)
     if "dsc_plain" in stats["all"]:
-        lines += [
-            "",
-            "| trimester | DSC plain (%) | DSC with the prior (%) | HD plain (mm) | "
-            "HD with the prior (mm) |",
-            "|---|---|---|---|---|",
+        header = ["trimester", "DSC plain (%)", "DSC with the prior (%)", "HD plain (mm)"]
+        rows = [
+            [
+                group,
+                fmt(st["dsc_plain"], 100),
+                fmt(st["dsc_prior"], 100),
+                fmt(st["hd_plain_mm"]),
+                fmt(st["hd_prior_mm"]),
+            ]
+            for group, st in stats.items()
         ]
-        for group, st in stats.items():
-            cells = [fmt(st["dsc_plain"], 100), fmt(st["dsc_prior"], 100)]
-            cells += [fmt(st["hd_plain_mm"]), fmt(st["hd_prior_mm"])]
-            lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines += ["", *markdown([*header, "HD with the prior (mm)"], rows)]
     return "\n".join(lines)
 
 
@@ -261,16 +268,21 @@ def paired_change(rows: list[dict], other: list[dict]) -> dict[str, dict]:
 
 def paired_table(stats: dict[str, dict]) -> str:
     """:func:`paired_change` as a Markdown table."""
-    lines = [
-        "| trimester | images | ADF, the other run (mm) | ADF, this run (mm) | paired change (mm) "
-        "| DSC change (pp) | HD change (mm) |",
-        "|---|---|---|---|---|---|---|",
+    header = ["trimester", "images", "ADF, the other run (mm)", "ADF, this run (mm)"]
+    header += ["paired change (mm)", "DSC change (pp)", "HD change (mm)"]
+    rows = [
+        [
+            group,
+            str(st["n"]),
+            fmt(st["adf_base"]),
+            fmt(st["adf"]),
+            fmt(st["adf_change"], sign=True),
+            fmt(st["dsc_change"], 100, sign=True),
+            fmt(st["hd_change"], sign=True),
+        ]
+        for group, st in stats.items()
     ]
-    for group, st in stats.items():
-        cells = [fmt(st["adf_base"]), fmt(st["adf"]), fmt(st["adf_change"], sign=True)]
-        cells += [fmt(st["dsc_change"], 100, sign=True), fmt(st["hd_change"], sign=True)]
-        lines.append(f"| {group} | {st['n']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(markdown(header, rows))
 
 
 def options(ap: argparse.ArgumentParser) -> None:
