@@ -141,8 +141,8 @@ def intergrowth_hc_standard(weeks: float) -> tuple[float, float]:
 def _weeks_where(hc_mm: float, z: float) -> float:
     """The GA (weeks) at which ``hc_mm`` lies ``z`` SD from the standard's mean, or nan.
 
-    ``mean + z SD`` rises with GA over the standard's 14-40 weeks for |z| <= 2, so the
-    root is unique; nan when it lies outside those weeks.
+    ``mean + z SD`` rises with GA over the standard's 14-40 weeks at ``z = +/-2`` (as
+    its table does), so the root is unique; nan when it lies outside those weeks.
     """
     lo, hi = INTERGROWTH_HC_STANDARD_WEEKS
 
