@@ -17,7 +17,14 @@ from fetalhead.data import Case
 from fetalhead.model import Checkpoint
 from fetalhead.training import TrainConfig, train
 from fetalhead.training.config import resolve_precision
-from fetalhead.training.losses import boundary_weights, compute_loss, dice_loss
+from fetalhead.training.losses import (
+    DISTANCE_WEIGHT,
+    boundary_weights,
+    compute_loss,
+    dice_loss,
+    distance_loss,
+    signed_distance,
+)
 from fetalhead.training.samples import WeightedEpochSampler, trimester_weights
 
 #: CLI options of the tiny synthetic runs (match tiny_config below).
@@ -95,6 +102,37 @@ def test_boundary_loss_values() -> None:
     assert bce[0] / bce[1] == pytest.approx(5.0, rel=1e-3)
     with pytest.raises(ValueError, match="dice_bce_boundary"):
         TrainConfig(loss="focal")  # type: ignore[arg-type]
+
+
+def test_signed_distance_of_a_square() -> None:
+    t = torch.zeros(2, 1, 20, 20)
+    t[0, :, 5:15, 5:15] = 1.0  # the second image has no head
+    d = signed_distance(t)
+    # Row 10: 2 and 1 pixels left of the head, its first pixel, the centre (5 pixels from
+    # column 15 or row 15), and a corner 5 pixels off both edges: 5 * sqrt(2) - 0.5.
+    assert d[0, 0, 10, 3] == pytest.approx(1.5)
+    assert d[0, 0, 10, 4] == pytest.approx(0.5)
+    assert d[0, 0, 10, 5] == pytest.approx(-0.5)
+    assert d[0, 0, 10, 10] == pytest.approx(-4.5)
+    assert d[0, 0, 0, 19] == pytest.approx(6.5710678, abs=1e-3)
+    assert float(d[1].abs().max()) == 0.0
+
+
+def test_distance_loss_charges_a_false_pixel_its_distance() -> None:
+    t = torch.zeros(1, 1, 20, 20)
+    t[..., 5:15, 5:15] = 1.0
+    good = torch.where(t > 0.5, 12.0, -12.0)
+    near, far = good.clone(), good.clone()
+    near[0, 0, 10, 3] = 12.0  # 1.5 pixels outside
+    far[0, 0, 0, 19] = 12.0  # 6.57 pixels outside
+    base = float(distance_loss(good, t))
+    extra = [float(distance_loss(x, t)) - base for x in (near, far)]
+    flip = float(torch.sigmoid(torch.tensor(12.0)) - torch.sigmoid(torch.tensor(-12.0)))
+    assert extra[0] == pytest.approx(1.5 * flip / 400, rel=1e-4)
+    assert extra[1] == pytest.approx(6.5710678 * flip / 400, rel=1e-3)
+    # In the training loss it is added with its weight to Dice and cross-entropy.
+    total = compute_loss(far, t, "dice_bce_distance") - compute_loss(far, t, "dice_bce")
+    assert float(total) == pytest.approx(DISTANCE_WEIGHT * float(distance_loss(far, t)), rel=1e-5)
 
 
 def test_bce_loss_has_no_dice_term() -> None:

@@ -15,6 +15,8 @@ from fetalhead.image import InputError
 #: Inference backends (the same as ``fetalhead.predict.BackendName``, kept here so that
 #: ``--help`` does not import torch).
 BACKENDS = ("auto", "torch", "torch-bf16", "onnx")
+#: Training losses (``fetalhead.training.config.LossName``, kept here for the same reason).
+LOSSES = ("dice", "dice_bce", "dice_bce_boundary", "dice_bce_distance", "bce")
 
 logger = logging.getLogger("fetalhead")
 
@@ -34,8 +36,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=int, help="with --folds: the fold (0-based) to validate on")
     p.add_argument(
         "--loss",
-        choices=["dice", "dice_bce", "dice_bce_boundary", "bce"],
+        choices=LOSSES,
         help="dice_bce_boundary: cross-entropy weighted 5x within 3 pixels of the outline; "
+        "dice_bce_distance: plus each head pixel charged its distance from the outline; "
         "bce: cross-entropy alone",
     )
     p.add_argument(

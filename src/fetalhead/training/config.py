@@ -12,7 +12,7 @@ import torch
 from fetalhead.infer.hardware import native_bf16
 from fetalhead.model import ModelConfig
 
-LossName = Literal["dice", "dice_bce", "dice_bce_boundary", "bce"]
+LossName = Literal["dice", "dice_bce", "dice_bce_boundary", "dice_bce_distance", "bce"]
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -39,7 +39,10 @@ class TrainConfig:
         loss: ``dice`` (smooth = 1), ``dice_bce``, ``dice_bce_boundary`` (Dice plus
             a cross-entropy that weighs the band of +-3 network pixels around the
             reference outline 5 times as much as the rest; see
-            :func:`fetalhead.training.losses.boundary_weights`), or ``bce``: the
+            :func:`fetalhead.training.losses.boundary_weights`), ``dice_bce_distance``
+            (Dice, cross-entropy and the boundary loss of Kervadec et al. 2019, which
+            charges each head pixel its signed distance from the reference outline;
+            see :func:`fetalhead.training.losses.distance_loss`), or ``bce``: the
             cross-entropy alone, whose optimum is the calibrated probability, with no
             soft-Dice term to shift an uncertain boundary.
         val_fraction: Fraction of scan prefixes held out for validation (ignored
