@@ -16,12 +16,14 @@ from fetalhead.plausibility import (
     FEATURES,
     HCFloor,
     HeadRejector,
+    declared_non_obstetric,
     fit_envelope,
     gate_between,
     head_features,
 )
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
-from fetalhead.readers import read_gray
+from fetalhead.readers import read_gray, read_image
+from fetalhead.spacing import resolve_pixel_size
 from nonhead_corpus import headless_crop, make, zoomed
 
 #: Kinds the shipped envelope rejected on every held-out corpus image (seeds 2000-2019,
@@ -35,8 +37,8 @@ def shipped() -> HeadMeasurer:
     return HeadMeasurer.from_pretrained(DEFAULT_WEIGHTS, backend="torch", tta=False)
 
 
-def assert_empty(row: dict) -> None:
-    assert row["qc"] == "no_head_found"
+def assert_empty(row: dict, qc: str = "no_head_found") -> None:
+    assert row["qc"] == qc
     for key in ("hc_mm", "hc_low_mm", "bpd_mm", "ofd_mm", "ga_weeks_hadlock", "center_x_mm"):
         assert row[key] in (None, ""), key
 
@@ -53,6 +55,61 @@ def test_obstetric_view_without_a_head_gets_no_numbers(shipped) -> None:
     # pydicom's palette_color example: an obstetric exam that shows no head.
     for seed in (0, 2, 4):
         assert shipped.measure(make("ultrasound", seed), 0.26).hc_mm is None
+
+
+@pytest.mark.parametrize(
+    ("image_type", "body_part", "expected"),
+    [
+        (["DERIVED", "PRIMARY", "EPICARDIAL", "0001"], None,
+         "its Image Type (0008,0008) names the region EPICARDIAL"),
+        (["ORIGINAL", "PRIMARY", " transthoracic "], None,
+         "its Image Type (0008,0008) names the region TRANSTHORACIC"),
+        (["ORIGINAL", "PRIMARY", "NEONATAL HEAD"], None,
+         "its Image Type (0008,0008) names the region NEONATAL HEAD"),
+        (None, "HEART", "its Body Part Examined (0018,0015) is HEART"),
+        (["ORIGINAL", "PRIMARY", "OBSTETRICAL"], None, None),
+        (["ORIGINAL", "PRIMARY", "ABDOMINAL"], "ABDOMEN", None),
+        (["ORIGINAL", "PRIMARY"], None, None),
+        (None, None, None),
+    ],
+)  # fmt: skip
+def test_declared_non_obstetric_reads_image_type_and_body_part(
+    image_type: list[str] | None, body_part: str | None, expected: str | None
+) -> None:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    if image_type is not None:
+        ds.ImageType = image_type
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
+    assert declared_non_obstetric(ds) == expected
+    assert declared_non_obstetric(None) is None
+
+
+def test_a_dicom_declared_cardiac_is_not_measured(shipped, caplog) -> None:
+    from pydicom import examples
+
+    # pydicom's ybr_color cine is an adult echocardiogram (Image Type ... EPICARDIAL): no
+    # frame is measured, whatever its pixels look like; the log says why, once.
+    frames = read_image(examples.get_path("ybr_color"))
+    spacings = [resolve_pixel_size("cine.dcm", f) for f in frames[:4]]
+    with caplog.at_level("WARNING", logger="fetalhead.predict"):
+        results = shipped.measure_frames(frames[:4], spacings, ["cine.dcm"] * 4)
+    for i, r in enumerate(results):
+        assert (r.frame, r.n_frames, r.pixel_size_source) == (i, 30, "dicom-region")
+        assert_empty(r.to_row(), "no_head_found;non_obstetric_view")
+    assert caplog.messages == [
+        "cine.dcm: not measured: its Image Type (0008,0008) names the region EPICARDIAL, "
+        "not an obstetric view"
+    ]
+    # The obstetric palette_color example (Image Type ... OBSTETRICAL) is measured, and
+    # so is the cine when the non-head checks are off.
+    ob = read_image(examples.get_path("palette_color"))[0]
+    assert "non_obstetric_view" not in shipped.measure(ob).qc
+    unchecked = HeadMeasurer.from_pretrained(reject_non_heads=False)
+    r = unchecked.measure_frames(frames[:1], spacings[:1], ["cine.dcm"])[0]
+    assert "non_obstetric_view" not in r.qc and r.hc_mm is not None
 
 
 def test_cardiac_views_that_pass_the_envelope_are_flagged_for_review(shipped) -> None:

@@ -32,7 +32,8 @@ class Measurement:
         image_shape: ``(height, width)`` of the original image.
         qc: ``"ok"`` or ``;``-joined reasons (``no_head_found``, ``low_confidence``,
             ``touches_border``, ``uncertain_hc``, ``head_crosses_regions``, ``ambiguous_regions``,
-            ``outside_regions``, ``unreadable``, ``no_pixel_size``).
+            ``outside_regions``, ``non_obstetric_view``, ``unreadable``,
+            ``no_pixel_size``).
         ellipse: Fitted ellipse in original pixels, or ``None``.
         pixel_size_mm: Pixel size used, or ``None``.
         pixel_size_source: ``cli``, ``csv``, ``dicom-region`` or ``dicom-pixel-spacing``.

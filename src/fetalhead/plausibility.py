@@ -23,6 +23,18 @@ from numpy.typing import NDArray
 
 from fetalhead.geometry.ellipse import Ellipse, boundary_rms, render_ellipse_mask
 
+#: Anatomic regions that Image Type (0008,0008) value 3 of an ultrasound DICOM may name
+#: (DICOM PS3.3, US Image Module) where no foetal head in utero is imaged: the heart
+#: (from the chest, the oesophagus, inside it or on its surface), the breast, vessels from
+#: inside, the brain through the skull, a neonate's head, the rectum.
+NON_OBSTETRIC_IMAGE_TYPES = frozenset({
+    "EPICARDIAL", "TRANSTHORACIC", "TRANSESOPHAGEAL", "TEE", "INTRACARDIAC",
+    "INTRAVASCULAR", "BREAST", "TRANSCRANIAL", "NEONATAL HEAD", "TRANSRECTAL",
+    "ENDORECTAL",
+})  # fmt: skip
+#: Body Part Examined (0018,0015) values that are not a pregnant abdomen or pelvis.
+NON_OBSTETRIC_BODY_PARTS = frozenset({"HEART", "BREAST"})
+
 #: Feature names, in the order the model's coefficients use.
 FEATURES = ("confidence", "log_fit_residual", "speckle", "flat_fraction", "gray_levels")
 
@@ -32,6 +44,35 @@ DEFAULT_MODEL = Path(__file__).parent / "weights" / "nonhead_rejector.json"
 
 def _ellipse_scaled(e: Ellipse, f: float) -> Ellipse:
     return Ellipse(e.cx, e.cy, e.a * f, e.b * f, e.angle)
+
+
+def declared_non_obstetric(header: object | None) -> str | None:
+    """Why a DICOM header declares a view with no foetal head in it, or ``None``.
+
+    Reads what the scanner wrote, not the pixels: Image Type (0008,0008) value 3, the
+    anatomic region of an ultrasound image, and Body Part Examined (0018,0015). A
+    region or body part that is not in :data:`NON_OBSTETRIC_IMAGE_TYPES` or
+    :data:`NON_OBSTETRIC_BODY_PARTS` (abdominal, pelvic, transvaginal, empty, a
+    vendor's own term) declares nothing, and the image is measured.
+
+    Args:
+        header: A ``pydicom.Dataset`` (e.g. :attr:`fetalhead.image.LoadedImage.header`),
+            or ``None`` for images that are not DICOM.
+
+    Returns:
+        A sentence naming the attribute and its value, or ``None``.
+
+    """
+    if header is None:
+        return None
+    image_type = getattr(header, "ImageType", None)
+    values = [image_type] if isinstance(image_type, str) else list(image_type or [])
+    if len(values) > 2 and str(values[2]).strip().upper() in NON_OBSTETRIC_IMAGE_TYPES:
+        return f"its Image Type (0008,0008) names the region {str(values[2]).strip().upper()}"
+    part = str(getattr(header, "BodyPartExamined", "") or "").strip().upper()
+    if part in NON_OBSTETRIC_BODY_PARTS:
+        return f"its Body Part Examined (0018,0015) is {part}"
+    return None
 
 
 def head_features(

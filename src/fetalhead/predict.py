@@ -30,7 +30,7 @@ from fetalhead.infer.backends import BackendName, make_backend, preprocess
 from fetalhead.measure import Measurement
 from fetalhead.model import REFERENCE_MM_PER_PIXEL, Checkpoint, file_sha256
 from fetalhead.plausibility import DEFAULT_MODEL as DEFAULT_REJECTOR
-from fetalhead.plausibility import HeadRejector, head_features
+from fetalhead.plausibility import HeadRejector, declared_non_obstetric, head_features
 from fetalhead.postprocess import (
     BORDER_TOL_PX,
     MAX_BORDER_FRACTION,
@@ -169,7 +169,10 @@ class HeadMeasurer:
         compile: Compile a torch backend with ``torch.compile`` (see :class:`TorchBackend`).
         weights_path: Where the checkpoint came from (recorded in the outputs).
         reject_non_heads: Drop found regions that are not a foetal head in ultrasound
-            (:mod:`fetalhead.plausibility`; ``no_head_found``, no numbers).
+            (:mod:`fetalhead.plausibility`; ``no_head_found``, no numbers), and do not
+            measure DICOM frames whose header declares a view with no foetal head in it
+            (:func:`~fetalhead.plausibility.declared_non_obstetric`;
+            ``no_head_found;non_obstetric_view``).
         interval_level: Coverage of the calibrated HC interval, one of the levels the
             weights carry (0.8, 0.9 or 0.95 for the shipped ones).
         refine: Measure in two passes: find the head on the whole image, then measure
@@ -245,6 +248,8 @@ class HeadMeasurer:
         self.rejector: HeadRejector | None = (
             HeadRejector.load() if reject_non_heads and DEFAULT_REJECTOR.exists() else None
         )
+        #: Whether a DICOM header that declares a non-obstetric view stops the measurement.
+        self.reject_declared_views = reject_non_heads
         if threads:
             torch.set_num_threads(threads)
         self.backend = make_backend(checkpoint, backend, compile)
@@ -476,21 +481,35 @@ class HeadMeasurer:
         from a DICOM region, the head's region is then checked: if the head lies in
         another calibrated region, the frame is measured again with that region's
         spacing, and a head that crosses regions or lies where regions disagree is
-        flagged (:func:`fetalhead.spacing.region_of_head`).
+        flagged (:func:`fetalhead.spacing.region_of_head`). A DICOM frame whose header
+        declares a view with no foetal head in it (a cardiac or breast examination) is
+        not measured: ``no_head_found;non_obstetric_view``.
         """
-        squared = [
-            square_pixels(f.pixels, s, n) for f, s, n in zip(frames, spacings, names, strict=True)
+        declared = [
+            declared_non_obstetric(f.header) if self.reject_declared_views else None for f in frames
         ]
+        todo = [i for i, why in enumerate(declared) if why is None]
+        squared = {i: square_pixels(frames[i].pixels, spacings[i], names[i]) for i in todo}
         results = self.measure_batch(
-            [p for p, _, _ in squared], [px for _, px, _ in squared], names, hc_gate=False
+            [squared[i][0] for i in todo],
+            [squared[i][1] for i in todo],
+            [names[i] for i in todo],
+            hc_gate=False,
         )
+        measured = dict(zip(todo, results, strict=True))
+        for why_not in {(n, why) for n, why in zip(names, declared, strict=True) if why}:
+            logger.warning("%s: not measured: %s, not an obstetric view", *why_not)
         out = []
-        for f, s, n, (_, _, row_scale), m in zip(
-            frames, spacings, names, squared, results, strict=True
-        ):
-            if s.source == "dicom-region" and f.regions and m.contour is not None:
-                m = self._in_head_region(f, s, n, m, row_scale)
-            m = self._hc_gate(m)
+        for i, (f, s, n) in enumerate(zip(frames, spacings, names, strict=True)):
+            if i not in measured:
+                m = Measurement(
+                    n, image_shape=f.pixels.shape[:2], qc="no_head_found;non_obstetric_view"
+                )
+            else:
+                m = measured[i]
+                if s.source == "dicom-region" and f.regions and m.contour is not None:
+                    m = self._in_head_region(f, s, n, m, squared[i][2])
+                m = self._hc_gate(m)
             m.frame, m.n_frames, m.pixel_size_source = f.frame, f.n_frames, s.source
             out.append(m)
         return out
