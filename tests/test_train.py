@@ -104,6 +104,15 @@ def test_boundary_loss_values() -> None:
         TrainConfig(loss="focal")  # type: ignore[arg-type]
 
 
+def test_cli_offers_every_loss() -> None:
+    from typing import get_args
+
+    from fetalhead import cli
+    from fetalhead.training.config import LossName
+
+    assert cli.LOSSES == get_args(LossName)
+
+
 def test_signed_distance_of_a_square() -> None:
     t = torch.zeros(2, 1, 20, 20)
     t[0, :, 5:15, 5:15] = 1.0  # the second image has no head
