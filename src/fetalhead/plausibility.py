@@ -67,8 +67,9 @@ def declared_non_obstetric(header: object | None) -> str | None:
         return None
     image_type = getattr(header, "ImageType", None)
     values = [image_type] if isinstance(image_type, str) else list(image_type or [])
-    if len(values) > 2 and str(values[2]).strip().upper() in NON_OBSTETRIC_IMAGE_TYPES:
-        return f"its Image Type (0008,0008) names the region {str(values[2]).strip().upper()}"
+    region = str(values[2]).strip().upper() if len(values) > 2 else ""
+    if region in NON_OBSTETRIC_IMAGE_TYPES:
+        return f"its Image Type (0008,0008) names the region {region}"
     part = str(getattr(header, "BodyPartExamined", "") or "").strip().upper()
     if part in NON_OBSTETRIC_BODY_PARTS:
         return f"its Body Part Examined (0018,0015) is {part}"

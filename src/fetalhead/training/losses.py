@@ -102,13 +102,12 @@ def compute_loss(logits: torch.Tensor, target: torch.Tensor, kind: LossName) -> 
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(logits, target)
     loss = dice_loss(logits, target)
-    if kind == "dice_bce":
+    if kind in ("dice_bce", "dice_bce_distance"):
         loss = loss + F.binary_cross_entropy_with_logits(logits, target)
     elif kind == "dice_bce_boundary":
         w = boundary_weights(target)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         loss = loss + (w * bce).sum() / w.sum()
-    elif kind == "dice_bce_distance":
-        loss = loss + F.binary_cross_entropy_with_logits(logits, target)
+    if kind == "dice_bce_distance":
         loss = loss + DISTANCE_WEIGHT * distance_loss(logits, target)
     return loss
