@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 from nonhead_crops import heads
 
+from fetalhead.plausibility import gate_between
 from fetalhead.predict import DEFAULT_WEIGHTS, HeadMeasurer
 from fetalhead.readers import read_image
 from nonhead_corpus import KINDS, headless_crop, make
@@ -140,10 +141,8 @@ def main() -> None:
     for l2 in L2:
         w, b = fit_probe(z[fit], heads_fit[fit].astype(float), l2)
         s = z @ w + b
-        lowest = s[heads_fit].min()
-        below = s[fit & ~heads_fit & (s < lowest)]
-        gate = 0.5 * (lowest + np.median(below)) if below.size else lowest
-        rejected.append(s < gate)
+        found = gate_between(s[heads_fit], s[fit & ~heads_fit], "low")
+        rejected.append(s < (found[1] if found else s[heads_fit].min()))
     for g in FIT_HEADS + FIT_NON_HEADS + JUDGED:
         k = group == g
         cells = [f"{int(r[k].sum())} ({int((r & numbers)[k].sum())})" for r in rejected]
