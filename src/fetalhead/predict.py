@@ -497,7 +497,10 @@ class HeadMeasurer:
             hc_gate=False,
         )
         measured = dict(zip(todo, results, strict=True))
-        for why_not in {(n, why) for n, why in zip(names, declared, strict=True) if why}:
+        # Once per file and reason, in input order.
+        for why_not in dict.fromkeys(
+            (n, why) for n, why in zip(names, declared, strict=True) if why
+        ):
             logger.warning("%s: not measured: %s, not an obstetric view", *why_not)
         out = []
         for i, (f, s, n) in enumerate(zip(frames, spacings, names, strict=True)):
